@@ -1,0 +1,132 @@
+"""The model card: one typed record that travels inside every artifact.
+
+A ``.pt`` checkpoint stores it next to the weights and an ``.onnx`` export stores it as JSON in
+``metadata_props``, so ``export``, ``predict`` and the runtime never ask the user for mean, std,
+class names or builder arguments. This module is torch-free: the runtime imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from segdeploy.errors import SegdeployError
+
+TASKS = ("segmentation", "classification")
+CARD_FORMAT_VERSION = 1
+#: Key under which an ONNX export stores the card in ``metadata_props``.
+ONNX_METADATA_KEY = "segdeploy.model_card"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to rebuild, feed and interpret a model.
+
+    Attributes:
+        arch: registry name of the architecture, e.g. ``"unet"``.
+        task: ``"segmentation"`` or ``"classification"``.
+        class_names: one name per output class; its length is the number of classes.
+        model_kwargs: keyword arguments for the registry builder (without ``num_classes``).
+        in_channels: channels the model reads (3 for RGB).
+        mean, std: per-channel normalisation applied to ``[0, 1]`` pixels.
+        size_multiple: height and width must be multiples of this (16 for every model here).
+        training: free-form summary of how the weights were made (epochs, best metric, data).
+    """
+
+    arch: str
+    task: str
+    class_names: tuple[str, ...]
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    in_channels: int = 3
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    size_multiple: int = 16
+    training: dict[str, Any] = field(default_factory=dict)
+    format_version: int = CARD_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        # Normalise sequences to tuples so a card read from JSON equals the one written.
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        problems = self._problems()
+        if problems:
+            raise SegdeployError(f"invalid model card for '{self.arch}': " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        found = []
+        if not self.arch or not isinstance(self.arch, str):
+            found.append("arch must be a non-empty string")
+        if self.task not in TASKS:
+            found.append(f"task must be one of {TASKS}, found {self.task!r}")
+        if len(self.class_names) < 2:
+            found.append(f"need at least 2 class names, found {len(self.class_names)}")
+        if len(set(self.class_names)) != len(self.class_names):
+            found.append("class names must be unique")
+        if "num_classes" in self.model_kwargs:
+            found.append("model_kwargs must not hold num_classes (it comes from class_names)")
+        if self.in_channels < 1:
+            found.append(f"in_channels must be >= 1, found {self.in_channels}")
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            found.append(
+                f"mean and std need {self.in_channels} values each, "
+                f"found {len(self.mean)} and {len(self.std)}"
+            )
+        if any(not math.isfinite(s) or s <= 0 for s in self.std):
+            found.append("std values must be positive")
+        if self.size_multiple < 1:
+            found.append(f"size_multiple must be >= 1, found {self.size_multiple}")
+        if self.format_version > CARD_FORMAT_VERSION:
+            found.append(
+                f"card format {self.format_version} is newer than this segdeploy "
+                f"understands ({CARD_FORMAT_VERSION}); upgrade segdeploy"
+            )
+        return found
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def replace(self, **changes: Any) -> ModelCard:
+        """Return a copy with some fields changed (validated again)."""
+        return ModelCard(**{**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible data (lists, dicts, str, numbers)."""
+        data = asdict(self)
+        data["class_names"] = list(self.class_names)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "model card") -> ModelCard:
+        """Build a card from plain data, raising :class:`SegdeployError` naming ``source``."""
+        if not isinstance(data, dict):
+            raise SegdeployError(f"{source}: expected a model card mapping, found {type(data)}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SegdeployError(f"{source}: unknown model card fields {unknown}")
+        missing = sorted({"arch", "task", "class_names"} - set(data))
+        if missing:
+            raise SegdeployError(f"{source}: model card lacks fields {missing}")
+        try:
+            return cls(**data)
+        except SegdeployError as err:
+            raise SegdeployError(f"{source}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise SegdeployError(f"{source}: malformed model card ({err})") from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model card") -> ModelCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SegdeployError(f"{source}: model card is not valid JSON ({err})") from None
+        return cls.from_dict(data, source)

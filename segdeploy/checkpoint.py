@@ -1,0 +1,119 @@
+"""Self-describing ``.pt`` checkpoints: weights plus the model card, as plain data.
+
+The file is a dict of tensors, strings and numbers that ``torch.load(..., weights_only=True)``
+reads, so loading a checkpoint can never execute code. :func:`load_checkpoint` rebuilds the
+model from the card alone; nothing else has to be known about how it was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segdeploy.card import ModelCard
+from segdeploy.errors import SegdeployError
+from segdeploy.models import create_model
+
+CHECKPOINT_FORMAT = "segdeploy-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` and move the result onto ``path`` only when it succeeded.
+
+    The temporary file lives in the destination folder so that the final rename is atomic; a crash
+    or Ctrl-C leaves either the old file or none, never a half-written one.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise SegdeployError(f"cannot write to folder {folder} ({err.strerror})") from None
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path) -> Path:
+    """Write ``model``'s weights and ``card`` to ``path`` atomically."""
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "card": card.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """Read and validate a checkpoint file without building the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegdeployError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refuses any pickle that would import or call something.
+        raise SegdeployError(
+            f"{path} is not a plain-data checkpoint: loading it would execute code, "
+            "so it was refused"
+        ) from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as err:
+        raise SegdeployError(
+            f"{path} is not a readable checkpoint (truncated or not a PyTorch file: {err})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise SegdeployError(
+            f"{path} is a PyTorch file but not a segdeploy checkpoint (no model card); "
+            "train with `segdeploy train` or save with segdeploy.checkpoint.save_checkpoint"
+        )
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise SegdeployError(f"{path} was written by a newer segdeploy; upgrade to read it")
+    card = ModelCard.from_dict(payload.get("card"), source=str(path))
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise SegdeployError(f"{path} has no state_dict")
+    return card, state
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ModelCard]:
+    """Rebuild the model described by the checkpoint's card and load its weights (eval mode)."""
+    card, state = read_checkpoint(path)
+    model = create_model(card.arch, num_classes=card.num_classes, **card.model_kwargs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise SegdeployError(
+            f"{path}: the weights do not fit the '{card.arch}' described by its card ({first})"
+        ) from None
+    return model.to(device).eval(), card
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file (recorded in exports to tie them to their checkpoint)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,243 @@
+"""The ``segdeploy`` command line: thin Typer commands that parse, call the library, and print.
+
+Torch-side modules are imported inside the commands that need them, so that commands built on the
+runtime work with the base install (onnxruntime, numpy, pillow) alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from segdeploy.errors import SegdeployError
+
+app = typer.Typer(
+    help="Train vision models, export them to ONNX with a parity gate, and run them anywhere.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Rich assumes 80 columns when output is piped or captured; tables of numbers need more.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+
+def user_errors(command):
+    """Turn a :class:`SegdeployError` into one red sentence and exit code 1 (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return command(*args, **kwargs)
+        except SegdeployError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]: nothing half-written was left behind")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_training_summary(result) -> None:
+    """Per-epoch table, then per-class IoU of the best epoch (segmentation)."""
+    table = Table(title=f"training {result.card.arch}", title_justify="left")
+    for column in ("epoch", "train loss", f"val {result.metric_name}", "seconds"):
+        table.add_column(column, justify="right")
+    for record in result.history:
+        star = " *" if record.epoch == result.best_epoch else ""
+        table.add_row(
+            str(record.epoch),
+            _fmt(record.train_loss),
+            _fmt(record.metric) + star,
+            f"{record.seconds:.1f}",
+        )
+    console.print(table)
+    validation = result.card.training.get("validation", {})
+    if "per_class_iou" in validation:
+        per_class = Table(title=f"best epoch {result.best_epoch}: validation", title_justify="left")
+        per_class.add_column("class")
+        per_class.add_column("IoU", justify="right")
+        for name, iou in zip(result.card.class_names, validation["per_class_iou"], strict=True):
+            per_class.add_row(name, _fmt(iou))
+        per_class.add_section()
+        per_class.add_row("[bold]mIoU", f"[bold]{_fmt(validation['miou'])}")
+        per_class.add_row("pixel accuracy", _fmt(validation["pixel_accuracy"]))
+        per_class.add_row("frequency-weighted IoU", _fmt(validation["fw_iou"]))
+        console.print(per_class)
+    console.print(
+        f"best val {result.metric_name} [bold]{result.best_metric:.4f}[/] at epoch "
+        f"{result.best_epoch}/{len(result.history)} in {result.seconds / 60:.1f} min "
+        f"-> [bold]{result.checkpoint}[/]"
+    )
+
+
+@app.command()
+@user_errors
+def train(
+    arch: Annotated[str, typer.Argument(help="Registered architecture (see `segdeploy models`).")],
+    data: Annotated[str, typer.Option(help="'synthetic' or a data folder.")] = "synthetic",
+    variant: Annotated[str, typer.Option(help="Model size: tiny, small or full.")] = "small",
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    img_size: Annotated[
+        int | None, typer.Option(help="Square training size, a multiple of 16.")
+    ] = None,
+    lr: float = 2e-3,
+    loss: Annotated[str, typer.Option(help="ce, dice or ce+dice (segmentation).")] = "ce+dice",
+    class_weights: Annotated[
+        str | None, typer.Option(help="'auto' = inverse pixel frequency.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint path [default: ARCH.pt].")] = None,
+    device: str = "cpu",
+    seed: int = 0,
+    pretrained: Annotated[
+        Path | None, typer.Option(help="Local torchvision-format ImageNet state dict (resnet18).")
+    ] = None,
+    finetune: Annotated[str, typer.Option(help="Trainable part: fc, layer4 or all.")] = "fc",
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated class names for a mask folder.")
+    ] = None,
+    train_samples: Annotated[int, typer.Option(help="Synthetic training images.")] = 512,
+    val_samples: Annotated[int, typer.Option(help="Synthetic validation images.")] = 128,
+) -> None:
+    """Train ARCH and write a self-describing checkpoint (weights + model card)."""
+    from segdeploy.train import TrainConfig
+    from segdeploy.train import train as run_training
+
+    config = TrainConfig(
+        arch=arch,
+        data=data,
+        variant=variant,
+        epochs=epochs,
+        batch_size=batch_size,
+        img_size=img_size,
+        lr=lr,
+        loss=loss,
+        class_weights=class_weights,
+        out=out,
+        device=device,
+        seed=seed,
+        pretrained=pretrained,
+        finetune=finetune,
+        classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
+        train_samples=train_samples,
+        val_samples=val_samples,
+    )
+    print_training_summary(run_training(config, console=console))
+
+
+def print_parity_table(report) -> None:
+    """One row per (provider, shape): errors, the tolerance that would pass, argmax agreement."""
+    table = Table(title=f"parity: ONNX Runtime vs PyTorch ({report.model})", title_justify="left")
+    for column in ("provider", "input", "output", "max abs", "max rel", "atol needed", "argmax"):
+        table.add_column(column, justify="right")
+    table.add_column("result")
+    for case in report.cases:
+        agreement = case.argmax_agreement
+        table.add_row(
+            case.provider,
+            "x".join(map(str, case.input_shape)),
+            "x".join(map(str, case.output_shape or ())),
+            f"{case.max_abs_error:.2e}" if case.max_abs_error is not None else "-",
+            f"{case.max_rel_error:.2e}" if case.max_rel_error is not None else "-",
+            f"{case.atol_needed:.2e}" if case.atol_needed is not None else "-",
+            f"{agreement:.4%}" if agreement is not None else "-",
+            "[green]pass" if case.passed else "[red]FAIL",
+        )
+    console.print(table)
+    tol = report.tolerance
+    console.print(
+        f"declared tolerance: atol {tol.atol:g}, rtol {tol.rtol:g}, "
+        f"argmax agreement >= {tol.min_argmax_agreement:.2%} of decisive positions"
+    )
+    for failure in report.failures():
+        err_console.print(f"[red]- {failure}", highlight=False)
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A .pt written by `segdeploy train`.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output .onnx [default: exports/<name>.onnx].")
+    ] = None,
+    opset: int = 18,
+    simplify: Annotated[bool, typer.Option(help="Simplify with onnxsim.")] = True,
+    force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    shapes: Annotated[
+        str | None, typer.Option(help="Parity shapes, e.g. 16x16,48x80,3x64x32.")
+    ] = None,
+) -> None:
+    """Export a checkpoint to ONNX; refuse to finish if ONNX Runtime disagrees with PyTorch."""
+    from segdeploy.export import export_checkpoint, parse_shapes
+
+    with console.status(f"exporting {checkpoint} (torch.export + onnxsim + parity)"):
+        result = export_checkpoint(
+            checkpoint,
+            out=out,
+            opset=opset,
+            do_simplify=simplify,
+            force=force,
+            shapes=parse_shapes(shapes) if shapes else None,
+        )
+    print_parity_table(result.report)
+    seconds = result.seconds
+    console.print(
+        f"nodes {result.nodes_before} -> {result.nodes_after} ({result.simplify_note}); "
+        f"export {seconds['export']:.1f}s, simplify {seconds['simplify']:.1f}s, "
+        f"parity {seconds['parity']:.1f}s"
+    )
+    console.print(f"wrote [bold]{result.onnx_path}[/] and {result.report_path}")
+
+
+@app.command()
+@user_errors
+def verify(
+    onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
+    checkpoint: Annotated[Path, typer.Argument(metavar="MODEL.pt")],
+    shapes: Annotated[
+        str, typer.Option(help="[B x] H x W, comma-separated.")
+    ] = "16x16,48x80,3x64x32",
+    provider: Annotated[
+        str | None, typer.Option(help="cpu or cuda [default: every usable provider].")
+    ] = None,
+) -> None:
+    """Check an existing export against its checkpoint; exit 1 when they disagree."""
+    from segdeploy.export import parse_shapes, verify_export
+
+    report = verify_export(
+        onnx_path, checkpoint, parse_shapes(shapes), [provider] if provider else None
+    )
+    print_parity_table(report)
+    if not report.passed:
+        raise SegdeployError(f"{onnx_path} does not match {checkpoint} (see the table above)")
+    console.print("[green]parity holds")
+
+
+@app.command("models")
+def list_architectures() -> None:
+    """List the registered architectures and their variants."""
+    from segdeploy.models import get_spec, list_models
+
+    table = Table()
+    for column in ("arch", "task", "variants", "description"):
+        table.add_column(column)
+    for name in list_models():
+        spec = get_spec(name)
+        table.add_row(name, spec.task, ", ".join(spec.variants), spec.description)
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny checkpoints made on the fly (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """``{arch: path}`` of an untrained tiny-variant checkpoint for every registered arch."""
+    torch = pytest.importorskip("torch")
+    from segdeploy.card import ModelCard
+    from segdeploy.checkpoint import save_checkpoint
+    from segdeploy.models import create_model, get_spec, list_models
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    paths = {}
+    for arch in list_models():
+        spec = get_spec(arch)
+        kwargs = spec.variant_kwargs("tiny")
+        torch.manual_seed(0)
+        model = create_model(arch, num_classes=4, **kwargs).eval()
+        card = ModelCard(
+            arch=arch,
+            task=spec.task,
+            class_names=("background", "road", "vehicle", "pedestrian"),
+            model_kwargs=kwargs,
+        )
+        paths[arch] = save_checkpoint(model, card, folder / f"{arch}.pt")
+    return paths
