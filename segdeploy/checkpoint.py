@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import pickletools
 import tempfile
 import zipfile
 from pathlib import Path
@@ -73,11 +74,13 @@ def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        # weights_only refuses any pickle that would import or call something.
-        raise SegdeployError(
-            f"{path} is not a plain-data checkpoint: loading it would execute code, "
-            "so it was refused"
-        ) from None
+        if _pickle_imports_code(path):
+            # weights_only refuses any pickle that would import or call something.
+            raise SegdeployError(
+                f"{path} is not a plain-data checkpoint: loading it would execute code, "
+                "so it was refused"
+            ) from None
+        raise SegdeployError(f"{path} is not a readable checkpoint (not a PyTorch file)") from None
     except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as err:
         raise SegdeployError(
             f"{path} is not a readable checkpoint (truncated or not a PyTorch file: {err})"
@@ -94,6 +97,27 @@ def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor
     if not isinstance(state, dict):
         raise SegdeployError(f"{path} has no state_dict")
     return card, state
+
+
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def _pickle_imports_code(path: Path) -> bool:
+    """Whether the file is a well-formed pickle that imports or calls objects.
+
+    Used only to word the error after ``weights_only`` refused a file: torch says "weights only
+    load failed" for garbage as well. Opcodes are listed, never executed.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data = archive.read(name)
+        else:
+            data = path.read_bytes()
+        return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(data))
+    except Exception:  # not a pickle at all
+        return False
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ModelCard]:

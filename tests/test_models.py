@@ -126,7 +126,9 @@ def test_layer4_policy_trains_the_last_block_and_fc_only():
     apply_finetune_policy(model, "layer4")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _one_training_step(model)
-    changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    changed = {
+        k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(before[k], v)
+    }
     assert changed == {"layer4", "fc"}
     with pytest.raises(SegdeployError, match="unknown fine-tuning policy"):
         apply_finetune_policy(model, "layer9")
