@@ -276,7 +276,9 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
         TextColumn("loss {task.fields[loss]:.4f}  {task.fields[metric]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(
+        *columns, console=console, transient=False, disable=not console.is_terminal
+    ) as progress:
         for epoch in range(1, config.epochs + 1):
             epoch_started = time.perf_counter()
             bar = progress.add_task(
@@ -313,7 +315,14 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
             )
             history.append(record)
             improved = metric > best_metric
-            progress.update(bar, metric=f"val {metric_name} {metric:.4f}{' *' if improved else ''}")
+            summary = f"val {metric_name} {metric:.4f}{' *' if improved else ''}"
+            progress.update(bar, metric=summary)
+            if not console.is_terminal:
+                # Rich draws no live bar into pipes and CI logs: leave one line per epoch there.
+                console.print(
+                    f"epoch {epoch}/{config.epochs}: loss {record.train_loss:.4f}, {summary} "
+                    f"({record.seconds:.1f}s)"
+                )
             if improved:
                 best_metric, best_epoch = metric, epoch
                 card = card.replace(

@@ -336,3 +336,14 @@ def test_class_weights_synthetic_rare_classes_heavier() -> None:
 def test_class_weights_all_ignored_raises() -> None:
     with pytest.raises(SegdeployError):
         compute_class_weights([(None, torch.full((2, 2), 255))], 2)
+
+
+def test_synthetic_crops_are_labelled_by_their_centre_and_balanced():
+    from segdeploy.data import SyntheticRoadCrops
+
+    crops = SyntheticRoadCrops(16, size=(64, 64), seed=3)
+    labels = [int(crops[i][1]) for i in range(len(crops))]
+    images = [crops[i][0] for i in range(2)]
+    assert images[0].shape == (3, 64, 64)
+    assert torch.equal(crops[5][0], crops[5][0])
+    assert len(set(labels)) == 4 and max(labels.count(k) for k in range(4)) <= 6

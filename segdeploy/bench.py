@@ -1,0 +1,336 @@
+"""Latency and throughput of ONNX Runtime against PyTorch eager, in the same run, same input.
+
+For each case (model x batch x size x precision): warm-up, then timed runs of ONNX Runtime and of
+the PyTorch model rebuilt from the export's model card (the architecture decides speed, not the
+weight values, so a checkpoint is not needed), latency percentiles, throughput, the speedup, the
+graph's FLOPs and the achieved GFLOP/s, also as a share of this machine's matrix-multiply peak
+measured in the same run. Measurements only: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from segdeploy import __version__
+from segdeploy.card import ONNX_METADATA_KEY, ModelCard
+from segdeploy.errors import SegdeployError
+from segdeploy.runtime.session import SessionOptions, create_session, session_provider
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class Timing:
+    """Latency statistics of one engine on one case."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    iterations: int
+    images_per_s: float
+
+    @classmethod
+    def from_samples(cls, seconds: list[float], batch: int) -> Timing:
+        ms = np.asarray(seconds) * 1e3
+        return cls(
+            p50_ms=float(np.percentile(ms, 50)),
+            p90_ms=float(np.percentile(ms, 90)),
+            p99_ms=float(np.percentile(ms, 99)),
+            mean_ms=float(ms.mean()),
+            iterations=len(ms),
+            images_per_s=float(batch * 1e3 / np.median(ms)),
+        )
+
+
+@dataclass
+class BenchCase:
+    """One measured case; ``torch`` is None when the eager comparison was switched off."""
+
+    model: str
+    arch: str
+    provider: str
+    precision: str
+    batch: int
+    height: int
+    width: int
+    onnx: Timing
+    torch: Timing | None = None
+    gflops: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float | None:
+        return self.torch.p50_ms / self.onnx.p50_ms if self.torch else None
+
+    @property
+    def achieved_gflops_per_s(self) -> float | None:
+        if self.gflops is None:
+            return None
+        return self.gflops * self.batch / (self.onnx.p50_ms / 1e3)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["speedup"] = self.speedup
+        data["achieved_gflops_per_s"] = self.achieved_gflops_per_s
+        return data
+
+
+@dataclass
+class BenchConfig:
+    models: list[Path]
+    provider: str = "cpu"
+    batches: tuple[int, ...] = (1,)
+    sizes: tuple[tuple[int, int], ...] | None = None
+    precisions: tuple[str, ...] = ("fp32",)
+    warmup: int = 5
+    iters: int | None = None
+    seconds: float = 3.0
+    compare_torch: bool = True
+    threads: int = 0
+
+
+def time_calls(call, warmup: int, iters: int | None, seconds: float) -> list[float]:
+    """Run ``call`` ``warmup`` times untimed, then ``iters`` times (or for ``seconds``)."""
+    for _ in range(warmup):
+        call()
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while (len(samples) < iters) if iters else (time.perf_counter() < deadline or len(samples) < 5):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def measure_matmul_peak(threads: int = 0, size: int = 2048, repeats: int = 10) -> float:
+    """Single-precision matrix-multiply GFLOP/s of this machine (PyTorch's BLAS, best of N)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def read_export_card(path: Path) -> ModelCard:
+    """The model card of an ONNX export, read through ONNX Runtime (no onnx package needed)."""
+    session = create_session(path, SessionOptions(provider="cpu"))
+    meta = session.get_modelmeta().custom_metadata_map
+    if ONNX_METADATA_KEY not in meta:
+        raise SegdeployError(f"{path} carries no segdeploy model card (not a segdeploy export)")
+    return ModelCard.from_json(meta[ONNX_METADATA_KEY], source=str(path))
+
+
+def count_gflops(card: ModelCard, height: int, width: int) -> float:
+    """GFLOPs of one image (2 per multiply-accumulate), counted by PyTorch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _torch_model(card)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, card.in_channels, height, width))
+    return counter.get_total_flops() / 1e9
+
+
+def _torch_model(card: ModelCard, device: str = "cpu", half: bool = False):
+    import torch
+
+    from segdeploy.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(card.arch, num_classes=card.num_classes, **card.model_kwargs).eval()
+    model = model.to(device)
+    return model.half() if half else model
+
+
+def _onnx_for_precision(path: Path, precision: str) -> Path:
+    """The file benchmarked for a precision: ``x.onnx``, ``x.fp16.onnx`` or ``x.int8.onnx``."""
+    if precision == "fp32":
+        return path
+    variant = path.with_name(f"{path.stem}.{precision}.onnx")
+    if not variant.is_file():
+        hint = "segdeploy quantize" if precision == "int8" else "segdeploy convert-fp16"
+        raise SegdeployError(f"no {precision} variant {variant} of {path}; make it with `{hint}`")
+    return variant
+
+
+def bench_case(
+    path: Path,
+    card: ModelCard,
+    config: BenchConfig,
+    batch: int,
+    size: tuple[int, int],
+    precision: str,
+    peak_gflops: float | None = None,
+) -> BenchCase:
+    """Measure one case: ONNX Runtime, then PyTorch eager on the same input."""
+    height, width = size
+    source = _onnx_for_precision(path, precision)
+    session = create_session(
+        source, SessionOptions(provider=config.provider, intra_op_threads=config.threads)
+    )
+    if session_provider(session) != config.provider:
+        # create_session already refuses a CUDA request it cannot honour; this guards the label.
+        raise SegdeployError(f"{source} runs on {session_provider(session)}, not {config.provider}")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, card.in_channels, height, width), dtype=np.float32)
+    input_name = session.get_inputs()[0].name
+    onnx_samples = time_calls(
+        lambda: session.run(None, {input_name: x}), config.warmup, config.iters, config.seconds
+    )
+    case = BenchCase(
+        model=path.name,
+        arch=card.arch,
+        provider=config.provider,
+        precision=precision,
+        batch=batch,
+        height=height,
+        width=width,
+        onnx=Timing.from_samples(onnx_samples, batch),
+    )
+    if config.compare_torch:
+        case.torch = _bench_torch(card, config, x, precision, case.notes)
+    return case
+
+
+def _bench_torch(card: ModelCard, config: BenchConfig, x: np.ndarray, precision: str, notes):
+    import torch
+
+    device = "cuda" if config.provider == "cuda" else "cpu"
+    # Eager FP16 is the fair partner of ORT FP16 on a GPU; INT8 has no eager counterpart here,
+    # so INT8 is compared with eager FP32 (what users run otherwise).
+    half = precision == "fp16" and device == "cuda"
+    if precision == "int8":
+        notes.append("PyTorch eager runs FP32 (no eager INT8 counterpart)")
+    model = _torch_model(card, device, half)
+    tensor = torch.from_numpy(x).to(device)
+    tensor = tensor.half() if half else tensor
+
+    def call() -> None:
+        with torch.inference_mode():
+            model(tensor)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return Timing.from_samples(
+        time_calls(call, config.warmup, config.iters, config.seconds), x.shape[0]
+    )
+
+
+def default_sizes(card: ModelCard) -> tuple[tuple[int, int], ...]:
+    return ((224, 224),) if card.task == "classification" else ((256, 256),)
+
+
+def environment(provider: str) -> dict[str, Any]:
+    """Machine and versions, recorded with every result."""
+    info: dict[str, Any] = {
+        "segdeploy": __version__,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "provider": provider,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if provider == "cuda" and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_results(cases: list[BenchCase], env: dict[str, Any], folder: Path) -> Path:
+    """JSON under ``folder`` named by time and provider; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = folder / f"{stamp}-{env['provider']}.json"
+    payload = {"environment": env, "cases": [c.to_dict() for c in cases]}
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def draw_chart(cases: list[BenchCase], path: Path) -> Path:
+    """A horizontal bar chart of p50 latency, ONNX Runtime against PyTorch, one group per case.
+
+    Drawn with Pillow so that benchmarking needs no plotting library.
+    """
+    from PIL import Image, ImageDraw
+
+    rows = [(c, "onnxruntime", c.onnx.p50_ms) for c in cases]
+    rows += [(c, "pytorch eager", c.torch.p50_ms) for c in cases if c.torch]
+    rows.sort(key=lambda r: (cases.index(r[0]), r[1]))
+    longest = max((r[2] for r in rows), default=1.0)
+    label_w, bar_w, row_h, top = 360, 520, 22, 40
+    image = Image.new("RGB", (label_w + bar_w + 120, top + row_h * len(rows) + 20), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 10), "p50 latency per batch (ms), shorter is faster", fill="black")
+    colours = {"onnxruntime": (31, 119, 180), "pytorch eager": (255, 127, 14)}
+    for i, (case, engine, ms) in enumerate(rows):
+        y = top + i * row_h
+        label = (
+            f"{case.arch} {case.precision} b{case.batch} {case.height}x{case.width} "
+            f"{case.provider} / {engine}"
+        )
+        draw.text((10, y + 4), label, fill="black")
+        width = max(1, int(bar_w * ms / longest))
+        draw.rectangle([label_w, y + 3, label_w + width, y + row_h - 3], fill=colours[engine])
+        draw.text((label_w + width + 6, y + 4), f"{ms:.1f}", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def run_bench(config: BenchConfig, progress=None) -> tuple[list[BenchCase], dict[str, Any]]:
+    """Every (model x precision x batch x size) case; ``progress(description)`` is called first."""
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    env = environment(config.provider)
+    if config.provider == "cpu":
+        env["matmul_peak_gflops_per_s"] = measure_matmul_peak(config.threads)
+    cases = []
+    for path in config.models:
+        card = read_export_card(path)
+        for precision in config.precisions:
+            for size in config.sizes or default_sizes(card):
+                gflops = count_gflops(card, *size)
+                for batch in config.batches:
+                    if progress:
+                        progress(f"{path.name} {precision} batch {batch} {size[0]}x{size[1]}")
+                    case = bench_case(path, card, config, batch, size, precision)
+                    case.gflops = gflops
+                    cases.append(case)
+    return cases, env
