@@ -1,0 +1,122 @@
+"""``segdeploy train`` through the CLI: every task trains end to end; bad input is one sentence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from segdeploy.checkpoint import load_checkpoint, read_checkpoint
+from segdeploy.cli import app
+
+runner = CliRunner()
+FAST = ["--epochs", "1", "--train-samples", "16", "--val-samples", "8", "--batch-size", "8"]
+
+
+def train(tmp_path, *args):
+    out = tmp_path / "model.pt"
+    result = runner.invoke(app, ["train", *args, "--out", str(out)])
+    return result, out
+
+
+def test_unet_trains_and_writes_a_self_describing_checkpoint(tmp_path):
+    result, out = train(tmp_path, "unet", "--variant", "tiny", "--img-size", "64", *FAST)
+    assert result.exit_code == 0, result.output
+    _, card = load_checkpoint(out)
+    assert card.arch == "unet" and card.class_names[3] == "pedestrian"
+    assert card.training["metric"] == "mIoU" and card.training["img_size"] == 64
+    assert 0.0 <= card.training["best_metric"] <= 1.0
+    assert len(card.training["validation"]["per_class_iou"]) == 4
+    assert "pixel accuracy" in result.output and "frequency-weighted IoU" in result.output
+
+
+def test_same_seed_gives_bit_identical_weights(tmp_path):
+    args = ("unet", "--variant", "tiny", "--img-size", "32", *FAST)
+    first, a = train(tmp_path / "a", *args)
+    second, b = train(tmp_path / "b", *args)
+    assert first.exit_code == second.exit_code == 0
+    state_a, state_b = read_checkpoint(a)[1], read_checkpoint(b)[1]
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_deeplab_trains_with_its_aux_head(tmp_path):
+    result, out = train(
+        tmp_path, "deeplabv3_mobilenet_v3_large", "--variant", "tiny", "--img-size", "64", *FAST
+    )
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint(out)[0].model_kwargs == {"width_mult": 0.25}
+
+
+def test_resnet18_fine_tunes_from_a_local_pretrained_file(tmp_path):
+    from torchvision.models import resnet18
+
+    imagenet = resnet18(weights=None)
+    pretrained = tmp_path / "resnet18_imagenet.pth"
+    torch.save(imagenet.state_dict(), pretrained)
+    result, out = train(
+        tmp_path, "resnet18", "--pretrained", str(pretrained), "--img-size", "64", *FAST
+    )
+    assert result.exit_code == 0, result.output
+    card, state = read_checkpoint(out)
+    assert card.task == "classification" and card.training["finetune"] == "fc"
+    assert card.training["pretrained"] == "resnet18_imagenet.pth"
+    # Everything but fc was frozen: the backbone is the pretrained file, bit for bit.
+    assert torch.equal(
+        state["layer1.0.conv1.weight"], imagenet.state_dict()["layer1.0.conv1.weight"]
+    )
+    assert torch.equal(state["bn1.running_mean"], imagenet.state_dict()["bn1.running_mean"])
+
+
+def _mask_folder(root, count=6, size=32):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        mask = rng.integers(0, 3, (size, size)).astype(np.uint8)
+        image = (mask[..., None] * 100 + rng.integers(0, 20, (size, size, 3))).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"img{i}.png")
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"img{i}.png")
+    (root / "classes.txt").write_text("sky\nroad\ncar\n")
+
+
+def test_trains_on_a_folder_of_images_and_masks(tmp_path):
+    _mask_folder(tmp_path / "data")
+    result, out = train(
+        tmp_path,
+        "unet",
+        "--data",
+        str(tmp_path / "data"),
+        "--variant",
+        "tiny",
+        "--img-size",
+        "32",
+        "--epochs",
+        "1",
+        "--class-weights",
+        "auto",
+    )
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint(out)[0].class_names == ("sky", "road", "car")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["vit"], "unknown architecture 'vit'"),
+        (["unet", "--img-size", "100"], "multiple of 16"),
+        (["unet", "--data", "/no/such/folder"], "does not exist"),
+        (["unet", "--pretrained", "x.pth"], "does not take --pretrained"),
+        (["resnet18", "--pretrained", "/no/file.pth"], "file.pth does not exist"),
+        (["unet", "--variant", "huge"], "no variant 'huge'"),
+        (["unet", "--device", "cuda"], "cuda"),
+        (["unet", "--loss", "focal"], "focal"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_a_non_zero_exit(tmp_path, args, message):
+    result, out = train(tmp_path, *args, "--epochs", "1", "--train-samples", "4")
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
