@@ -165,6 +165,158 @@ def print_parity_table(report) -> None:
         err_console.print(f"[red]- {failure}", highlight=False)
 
 
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise SegdeployError(f"--{what} expects positive integers like 1,8; found '{text}'")
+    return values
+
+
+def print_bench_table(cases, env) -> None:
+    peak = env.get("matmul_peak_gflops_per_s")
+    table = Table(
+        title=f"segdeploy bench on {env['provider']} ({env['cpu']}, {env['cpu_count']} cores)",
+        title_justify="left",
+    )
+    columns = ["model", "prec", "batch", "size", "ORT p50", "p90", "p99", "img/s"]
+    columns += ["torch p50", "speedup", "GFLOP", "GFLOP/s"]
+    columns += ["% peak"] if peak else []
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for c in cases:
+        row = [
+            c.arch,
+            c.precision,
+            str(c.batch),
+            f"{c.height}x{c.width}",
+            f"{c.onnx.p50_ms:.2f}",
+            f"{c.onnx.p90_ms:.2f}",
+            f"{c.onnx.p99_ms:.2f}",
+            f"{c.onnx.images_per_s:.1f}",
+            f"{c.torch.p50_ms:.2f}" if c.torch else "-",
+            f"[bold]{c.speedup:.2f}x" if c.speedup else "-",
+            f"{c.gflops:.2f}" if c.gflops is not None else "-",
+            f"{c.achieved_gflops_per_s:.1f}" if c.achieved_gflops_per_s else "-",
+        ]
+        if peak:
+            achieved = c.achieved_gflops_per_s
+            row.append(f"{100 * achieved / peak:.0f}%" if achieved else "-")
+        table.add_row(*row)
+    console.print(table)
+    if peak:
+        console.print(f"matrix-multiply peak measured in this run: {peak:.0f} GFLOP/s (fp32)")
+
+
+@app.command()
+@user_errors
+def bench(
+    models: Annotated[
+        list[Path] | None, typer.Argument(help="ONNX exports [default: every exports/*.onnx].")
+    ] = None,
+    provider: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    batch: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,8.")] = "1",
+    size: Annotated[
+        str | None, typer.Option(help="HxW list, e.g. 256x256,512x512 [default: per task].")
+    ] = None,
+    precision: Annotated[str, typer.Option(help="fp32, fp16, int8 (comma-separated).")] = "fp32",
+    warmup: Annotated[int, typer.Option(min=0)] = 5,
+    iters: Annotated[int | None, typer.Option(min=1, help="Timed runs (else --seconds).")] = None,
+    seconds: Annotated[float, typer.Option(help="Time budget per engine and case.")] = 3.0,
+    torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Compare PyTorch.")] = True,
+    threads: Annotated[int, typer.Option(help="CPU threads, 0 = all cores.")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the JSON here.")
+    ] = None,
+    results: Annotated[Path, typer.Option(help="Results folder.")] = Path("benchmarks/results"),
+) -> None:
+    """Latency percentiles and throughput of ONNX Runtime beside PyTorch eager, same run."""
+    from segdeploy.runtime.session import usable_providers
+
+    if provider not in ("cpu", "cuda"):
+        raise SegdeployError(f"--provider must be cpu or cuda, found '{provider}'")
+    if provider not in usable_providers():
+        # Exit 2, never a CPU figure labelled CUDA.
+        err_console.print(
+            f"[bold red]error:[/] --provider {provider} asked for, but ONNX Runtime cannot use "
+            f"it on this machine (usable: {', '.join(usable_providers())})"
+        )
+        raise typer.Exit(2)
+    from segdeploy.bench import BenchConfig, draw_chart, run_bench, write_results
+    from segdeploy.export import parse_shapes
+
+    precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
+    unknown = set(precisions) - {"fp32", "fp16", "int8"}
+    if unknown:
+        raise SegdeployError(f"unknown precision {sorted(unknown)}; choose fp32, fp16, int8")
+    paths = list(models or sorted(Path("exports").glob("*.onnx")))
+    paths = [p for p in paths if p.name.count(".") == 1]  # x.int8.onnx are variants, not models
+    if not paths:
+        raise SegdeployError("no models to benchmark: pass ONNX files or export into exports/")
+    for path in paths:
+        if not path.is_file():
+            raise SegdeployError(f"ONNX file {path} does not exist")
+    config = BenchConfig(
+        models=paths,
+        provider=provider,
+        batches=_int_list(batch, "batch"),
+        sizes=tuple((h, w) for _, h, w in parse_shapes(size)) if size else None,
+        precisions=precisions,
+        warmup=warmup,
+        iters=iters,
+        seconds=seconds,
+        compare_torch=torch,
+        threads=threads,
+    )
+    with console.status("benchmarking") as status:
+        cases, env = run_bench(config, progress=lambda text: status.update(f"benchmarking {text}"))
+    print_bench_table(cases, env)
+    out = write_results(cases, env, results)
+    chart = draw_chart(cases, out.with_suffix(".png"))
+    if json_path:
+        json_path.write_text(out.read_text())
+    console.print(f"wrote {out} and {chart}")
+
+
+@app.command()
+@user_errors
+def quantize(
+    onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
+    calib: Annotated[str, typer.Option(help="'synthetic' or a data folder.")] = "synthetic",
+    samples: Annotated[int, typer.Option(min=1, help="Calibration images.")] = 64,
+    eval_samples: Annotated[int, typer.Option(min=1, help="Held-out images for the gate.")] = 64,
+    max_drop: Annotated[
+        float, typer.Option(help="Largest tolerated mIoU/accuracy drop, in points.")
+    ] = 1.0,
+    out: Annotated[Path | None, typer.Option(help="[default: MODEL.int8.onnx]")] = None,
+) -> None:
+    """Static INT8 (QDQ, per-channel) for CPU, kept only if accuracy drops <= --max-drop."""
+    from segdeploy.quantize import quantize_int8
+
+    with console.status(f"calibrating and quantising {onnx_path}"):
+        result = quantize_int8(
+            onnx_path, out, calib, samples, eval_samples, max_drop=max_drop / 100
+        )
+    console.print(
+        f"{result.metric}: fp32 {result.fp32:.4f} -> int8 {result.int8:.4f} "
+        f"(drop {result.drop_points:.2f} points, allowed {max_drop:.2f}); wrote [bold]{result.path}"
+    )
+
+
+@app.command("convert-fp16")
+@user_errors
+def convert_fp16(
+    onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
+    out: Annotated[Path | None, typer.Option(help="[default: MODEL.fp16.onnx]")] = None,
+) -> None:
+    """FP16 variant for CUDA (FP32 inputs/outputs kept, fragile ops left in FP32)."""
+    from segdeploy.quantize import convert_fp16 as to_fp16
+
+    console.print(f"wrote [bold]{to_fp16(onnx_path, out)}")
+
+
 @app.command()
 @user_errors
 def export(
@@ -223,6 +375,71 @@ def verify(
     if not report.passed:
         raise SegdeployError(f"{onnx_path} does not match {checkpoint} (see the table above)")
     console.print("[green]parity holds")
+
+
+@app.command()
+@user_errors
+def predict(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="An exported model.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(metavar="INPUTS", help="Image files or folders (searched recursively)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder for masks or predictions.csv.")],
+    overlay: Annotated[
+        bool, typer.Option(help="Also write <name>_overlay.png (segmentation).")
+    ] = False,
+    provider: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per session call.")] = 1,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads; 0 = all cores.")] = 0,
+) -> None:
+    """Run MODEL.onnx on images: class-index PNG masks, or predictions.csv for classifiers."""
+    # Runtime modules only: predict must work with the base install (no torch, no onnx).
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from segdeploy.runtime import open_model
+    from segdeploy.runtime.batch import collect_images, plan_outputs, predict_files
+
+    model = open_model(model_path, provider=provider, threads=threads)
+    paths = collect_images(inputs, exclude=out)
+    plan_outputs(model, paths, out, overlay)  # refuse to overwrite inputs before the bar starts
+    console.print(
+        f"{model.card.arch} ({model.card.task}, {model.card.num_classes} classes) on "
+        f"[bold]{model.provider}[/], {len(paths)} images -> {out}"
+    )
+    columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("predicting", total=len(paths))
+        summary = predict_files(
+            model,
+            paths,
+            out,
+            overlay=overlay,
+            batch_size=batch_size,
+            progress_callback=lambda path, error: progress.advance(task),
+        )
+    table = Table(title=f"predict on {summary.provider}", title_justify="left")
+    for column in ("images", "failed", "seconds", "images/s"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(summary.images),
+        str(len(summary.failed)),
+        f"{summary.seconds:.2f}",
+        f"{summary.images_per_second:.2f}",
+    )
+    console.print(table)
+    written = "predictions.csv" if summary.task == "classification" else "masks"
+    console.print(f"wrote {written} under [bold]{out}[/]")
+    for _, reason in summary.failed:
+        err_console.print(f"[red]- skipped: {reason}", highlight=False, soft_wrap=True)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command("models")

@@ -24,7 +24,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from segdeploy.card import ONNX_METADATA_KEY, ModelCard
+from segdeploy.card import ModelCard
 from segdeploy.checkpoint import atomic_write
 from segdeploy.errors import SegdeployError
 from segdeploy.export import attach_metadata, read_card
@@ -179,4 +179,53 @@ def quantize_int8(
     return result
 
 
-__all__ = ["ONNX_METADATA_KEY", "QuantizeResult", "quantize_int8"]
+#: Ops kept in FP32 by :func:`convert_fp16`: reductions and exponentials lose accuracy or
+#: overflow in half precision; ONNX Runtime's own default list covers the rest.
+FP16_BLOCKED_OPS = ("ReduceMean", "GlobalAveragePool", "Softmax", "Exp", "Pow", "Sqrt")
+
+
+def convert_fp16(onnx_path: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``<name>.fp16.onnx``: FP16 weights and compute, FP32 inputs and outputs.
+
+    Meant for the CUDA provider (on CPU ONNX Runtime runs most FP16 ops slower than FP32). Keeping
+    FP32 at the boundary means callers and ``predict`` need no change.
+    """
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise SegdeployError(f"ONNX file {onnx_path} does not exist")
+    out = Path(out) if out else onnx_path.with_name(f"{onnx_path.stem}.fp16.onnx")
+    model = onnx.load(onnx_path)
+    read_card(model, str(onnx_path))
+    half = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_BLOCKED_OPS],
+    )
+    attach_metadata(half, {"segdeploy.precision": "fp16"})
+    atomic_write(out, lambda tmp: onnx.save_model(half, tmp))
+    return out
+
+
+def precision_parity(
+    reference_path: str | Path, variant_path: str | Path, precision: str, images: np.ndarray
+):
+    """Parity of a reduced-precision variant against its FP32 export on real images (CPU)."""
+    from segdeploy.export import CONTRACTS
+    from segdeploy.parity import CaseReport, ParityReport, compare_values
+
+    card = read_card(onnx.load(reference_path), str(reference_path))
+    tolerance = CONTRACTS[card.task].tolerances[precision]
+    report = ParityReport(model=Path(variant_path).name, tolerance=tolerance)
+    sessions = [
+        create_session(str(p), SessionOptions(provider="cpu"))
+        for p in (reference_path, variant_path)
+    ]
+    name = sessions[0].get_inputs()[0].name
+    for start in range(0, len(images), 4):
+        batch = images[start : start + 4]
+        reference, candidate = (s.run(None, {name: batch})[0] for s in sessions)
+        case = CaseReport(provider="cpu", input_shape=tuple(batch.shape))
+        report.cases.append(compare_values(reference, candidate, tolerance, case))
+    return report

@@ -2,8 +2,25 @@
 
 Nothing in this package may import torch, torchvision, onnx or onnxscript; a test imports it in a
 fresh interpreter and checks ``sys.modules``.
+
+Example::
+
+    from segdeploy.runtime import open_model
+
+    model = open_model("exports/unet.onnx")  # the model card travels inside the file
+    mask = model.predict("street.jpg")  # (H, W) uint8 class indices, the image's size
 """
 
+from segdeploy.runtime.model import ClassificationModel, SegmentationModel, open_model
+from segdeploy.runtime.preprocess import load_image
 from segdeploy.runtime.session import SessionOptions, create_session, usable_providers
 
-__all__ = ["SessionOptions", "create_session", "usable_providers"]
+__all__ = [
+    "ClassificationModel",
+    "SegmentationModel",
+    "SessionOptions",
+    "create_session",
+    "load_image",
+    "open_model",
+    "usable_providers",
+]

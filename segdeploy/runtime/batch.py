@@ -1,0 +1,285 @@
+"""Predict a set of image files into an output folder: the library side of ``segdeploy predict``.
+
+Segmentation writes one palette PNG of class indices per image (``<out>/<relative path>.png``,
+plus ``<stem>_overlay.png`` on request); classification writes one ``<out>/predictions.csv``.
+Every file is written to a temporary name and renamed into place, so an interrupted run leaves
+complete files or none. Unreadable images are reported and skipped; the rest are still written.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segdeploy.errors import SegdeployError
+from segdeploy.runtime import postprocess
+from segdeploy.runtime.model import ClassificationModel, SegmentationModel
+from segdeploy.runtime.preprocess import load_image
+
+#: File extensions (lower case) that :func:`collect_images` picks up in folders.
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+CSV_NAME = "predictions.csv"
+
+#: Called once per input image when it is done: ``(path, error or None)``.
+ProgressCallback = Callable[[Path, str | None], None]
+
+
+@dataclass
+class PredictSummary:
+    """What :func:`predict_files` did.
+
+    Attributes:
+        task: ``"segmentation"`` or ``"classification"``.
+        provider: the provider that ran the model (``cpu`` / ``cuda``).
+        images: images predicted and written.
+        failed: ``(path, reason)`` of every image that could not be read; it was skipped.
+        seconds: wall time of the whole run (reading, inference, writing).
+        outputs: files written.
+    """
+
+    task: str
+    provider: str
+    images: int = 0
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    outputs: list[Path] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def collect_images(inputs: Iterable[str | os.PathLike], exclude: Path | None = None) -> list[Path]:
+    """Image files named by ``inputs``: files as given, folders searched recursively.
+
+    Folders contribute files with an extension in :data:`IMAGE_EXTENSIONS` (any case); hidden
+    files and folders (leading ``.``, e.g. macOS ``._x.jpg`` resource forks) are skipped. The
+    result is sorted and free of duplicates (the same file reached twice counts once).
+
+    Args:
+        inputs: files and folders.
+        exclude: a folder to leave out when it lies inside an input folder, typically the output
+            folder, so that a second run does not predict the previous run's masks.
+
+    Raises:
+        SegdeployError: an input that does not exist, a named file that is not an image by its
+            extension, or no images at all.
+    """
+    inputs = [Path(item) for item in inputs]
+    found: dict[Path, Path] = {}  # resolved -> as given, for de-duplication
+    skip = Path(exclude).resolve() if exclude is not None else None
+    for item in inputs:
+        if item.is_file():
+            if item.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise SegdeployError(
+                    f"input {item}: expected an image file ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                    f", found the extension '{item.suffix}'"
+                )
+            found.setdefault(item.resolve(), item)
+        elif item.is_dir():
+            root = item.resolve()
+            leave_out = (
+                skip if skip is not None and skip != root and skip.is_relative_to(root) else None
+            )
+            for path in item.rglob("*"):
+                relative = path.relative_to(item)
+                if any(part.startswith(".") for part in relative.parts):
+                    continue
+                if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+                    continue
+                resolved = path.resolve()
+                if leave_out is not None and resolved.is_relative_to(leave_out):
+                    continue
+                found.setdefault(resolved, path)
+        else:
+            raise SegdeployError(f"input {item}: expected an image file or folder, found nothing")
+    if not found:
+        raise SegdeployError(
+            f"inputs {', '.join(map(str, inputs))}: expected image files "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}), found none"
+        )
+    return sorted(found.values())
+
+
+def output_names(paths: Sequence[Path]) -> list[Path]:
+    """Relative output stems (no extension) that mirror the inputs' folder structure.
+
+    Paths are taken relative to the deepest folder that holds all inputs, so ``imgs/a.jpg`` and
+    ``imgs/sub/b.png`` become ``a`` and ``sub/b``. Files that differ only by extension
+    (``a.jpg``, ``a.png``) keep it in the name (``a_jpg``, ``a_png``) instead of overwriting
+    each other.
+    """
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    root = Path(os.path.commonpath([p.parent for p in absolute]))
+    stems = [p.relative_to(root).with_suffix("") for p in absolute]
+    counts: dict[Path, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    return [
+        stem.with_name(f"{stem.name}_{p.suffix.lstrip('.').lower()}") if counts[stem] > 1 else stem
+        for stem, p in zip(stems, absolute, strict=True)
+    ]
+
+
+def plan_outputs(
+    model: SegmentationModel | ClassificationModel,
+    paths: Sequence[Path],
+    out_dir: str | os.PathLike,
+    overlay: bool = False,
+) -> list[Path]:
+    """The files :func:`predict_files` would write, checked before anything is written.
+
+    Raises:
+        SegdeployError: an output would overwrite an input image, or two inputs would write the
+            same output.
+    """
+    out_dir = Path(out_dir)
+    paths = [Path(p) for p in paths]
+    if not isinstance(model, SegmentationModel):
+        outputs = [out_dir / CSV_NAME]
+    else:
+        outputs = []
+        for name in output_names(paths) if paths else []:
+            outputs.append(out_dir / f"{name}.png")
+            if overlay:
+                outputs.append(out_dir / f"{name}_overlay.png")
+    taken = {p.resolve() for p in paths}
+    seen: set[Path] = set()
+    for output in outputs:
+        resolved = output.resolve()
+        if resolved in taken:
+            raise SegdeployError(
+                f"output {output}: expected a path that is not an input image, found it would "
+                "overwrite that input; choose an --out folder outside the input folders"
+            )
+        if resolved in seen:
+            raise SegdeployError(
+                f"output {output}: expected one output per input, found two inputs that would "
+                "both write it; rename one of them"
+            )
+        seen.add(resolved)
+    return outputs
+
+
+def _atomic_save(path: Path, write: Callable[[Path], None]) -> None:
+    # The temporary file sits next to the target so os.replace is an atomic rename.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise SegdeployError(
+            f"output folder {path.parent}: expected a writable folder, found {err.strerror}"
+        ) from None
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)  # mkstemp makes 0600 files; give the usual permissions instead
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_files(
+    model: SegmentationModel | ClassificationModel,
+    paths: Sequence[Path],
+    out_dir: str | os.PathLike,
+    overlay: bool = False,
+    batch_size: int = 1,
+    progress_callback: ProgressCallback | None = None,
+) -> PredictSummary:
+    """Predict every image in ``paths`` and write the results under ``out_dir``.
+
+    Args:
+        model: from :func:`~segdeploy.runtime.open_model`.
+        paths: image files, e.g. from :func:`collect_images`.
+        out_dir: output folder (created if needed).
+        overlay: segmentation only: also write ``<stem>_overlay.png``, the class colours blended
+            over the image.
+        batch_size: images per session call (images of different padded sizes are still run
+            separately, see :meth:`SegmentationModel.predict_batch`).
+        progress_callback: called as ``(path, error or None)`` after each image.
+
+    Returns:
+        a :class:`PredictSummary`; unreadable images are listed in ``failed``, not raised.
+
+    Raises:
+        SegdeployError: an output would overwrite an input, the output folder is not writable.
+    """
+    if batch_size < 1:
+        raise SegdeployError(f"batch size: expected at least 1, found {batch_size}")
+    paths = [Path(p) for p in paths]
+    out_dir = Path(out_dir)
+    segmentation = isinstance(model, SegmentationModel)
+    names = output_names(paths) if paths else []
+    plan_outputs(model, paths, out_dir, overlay)
+
+    summary = PredictSummary(task=model.card.task, provider=model.provider)
+    colours = model.palette if segmentation else []
+    rows: list[list[str]] = []
+    started = time.perf_counter()
+    for chunk in _batches(list(zip(paths, names, strict=True)), batch_size):
+        loaded = []
+        for path, name in chunk:
+            try:
+                loaded.append((path, name, load_image(path, channels=model.card.in_channels)))
+            except SegdeployError as err:
+                summary.failed.append((path, str(err)))
+                if progress_callback is not None:
+                    progress_callback(path, str(err))
+        if not loaded:
+            continue
+        results = model.predict_batch([image for _, _, image in loaded])
+        for (path, name, image), result in zip(loaded, results, strict=True):
+            if segmentation:
+                summary.outputs += _write_masks(out_dir / name, image, result, colours, overlay)
+            else:
+                label, probabilities = result
+                rows.append([str(path), label, *(f"{p:.6f}" for p in probabilities)])
+            summary.images += 1
+            if progress_callback is not None:
+                progress_callback(path, None)
+    if not segmentation and rows:
+        target = out_dir / CSV_NAME
+        header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
+        _atomic_save(target, lambda tmp: _write_csv(tmp, header, rows))
+        summary.outputs.append(target)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _write_masks(
+    stem: Path, image: np.ndarray, mask: np.ndarray, colours: list, with_overlay: bool
+) -> list[Path]:
+    written = [stem.with_name(f"{stem.name}.png")]
+    _atomic_save(
+        written[0], lambda tmp: postprocess.colorize(mask, colours).save(tmp, format="PNG")
+    )
+    if with_overlay:
+        written.append(stem.with_name(f"{stem.name}_overlay.png"))
+        blended = postprocess.overlay(image, mask, colours)
+        _atomic_save(written[1], lambda tmp: blended.save(tmp, format="PNG"))
+    return written
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -1,0 +1,259 @@
+"""Run an exported model on images: ``open_model(path).predict(image)``.
+
+The model card (mean, std, class names, size multiple) is read from the ONNX file's metadata by
+ONNX Runtime itself, so nothing but onnxruntime, numpy and pillow is needed. Input and output
+names, dtypes and ranks are read once from the session when the model is opened.
+
+Thread safety: ``InferenceSession.run`` is thread-safe and the model objects hold no per-call
+state (an IO binding, when used, is created per call), so one model can serve many threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from segdeploy.card import ONNX_METADATA_KEY, ModelCard
+from segdeploy.errors import SegdeployError
+from segdeploy.runtime.postprocess import Palette, crop, masks_from_logits, palette, softmax
+from segdeploy.runtime.preprocess import ImageSource, load_image, padded_size, to_model_input
+from segdeploy.runtime.session import SessionOptions, create_session, session_provider
+
+_OUTPUT_RANK = {"segmentation": 4, "classification": 2}
+# One image's share of a session call: the batch output, its row in it, its original (H, W).
+_Result = tuple[np.ndarray, int, tuple[int, int]]
+
+
+class _Model:
+    """What both tasks share: the session, the card and the run with padding-size batches."""
+
+    def __init__(self, session: ort.InferenceSession, card: ModelCard, path: Path) -> None:
+        self.path = path
+        self.card = card
+        #: Short name of the provider that really runs the model: ``"cpu"`` or ``"cuda"``.
+        self.provider = session_provider(session)
+        self._session = session
+        self._input_name, self._output_name = _check_signature(session, card, path)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.card.class_names
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, arch={self.card.arch!r}, "
+            f"classes={self.card.num_classes}, provider={self.provider!r})"
+        )
+
+    def _load(self, image: ImageSource) -> np.ndarray:
+        return load_image(image, channels=self.card.in_channels)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """``(B, C, Hp, Wp)`` float32 -> the model's first output, as a numpy array."""
+        if self.provider == "cuda":
+            # IO binding: ORT copies the input to the GPU once and allocates the output on the
+            # device, instead of staging both through its default CPU-side feeds and fetches.
+            # The binding is per call: sharing one across threads would race.
+            binding = self._session.io_binding()
+            binding.bind_cpu_input(self._input_name, batch)
+            binding.bind_output(self._output_name, "cuda")
+            self._session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+        return self._session.run([self._output_name], {self._input_name: batch})[0]
+
+    def _forward(self, images: Sequence[ImageSource]) -> list[_Result]:
+        """Run ``images``, one session call per padded size; ``(output, row, size)`` per image.
+
+        Grouping by padded size gives each image only its own minimal padding, so a result never
+        depends on which other images shared the batch.
+        """
+        arrays = [self._load(image) for image in images]
+        multiple = self.card.size_multiple
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, array in enumerate(arrays):
+            groups.setdefault(padded_size(*array.shape[:2], multiple), []).append(index)
+        results: list[_Result] = [None] * len(arrays)  # type: ignore[list-item]
+        for indices in groups.values():
+            batch, sizes = to_model_input(
+                [arrays[i] for i in indices], self.card.mean, self.card.std, multiple
+            )
+            output = self._run(batch)
+            for row, index in enumerate(indices):
+                results[index] = (output, row, sizes[row])
+        return results
+
+
+class SegmentationModel(_Model):
+    """A segmentation export: images in, ``(H, W)`` uint8 class-index masks out."""
+
+    @property
+    def palette(self) -> Palette:
+        """One colour per class, background black (see :func:`postprocess.palette`)."""
+        return palette(self.card.num_classes)
+
+    def predict(self, image: ImageSource) -> np.ndarray:
+        """``(H, W)`` uint8 class indices, the same height and width as ``image``."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[ImageSource]) -> list[np.ndarray]:
+        """One mask per image, in order; images may differ in size."""
+        return [
+            masks_from_logits(output[row : row + 1], [size])[0]
+            for output, row, size in self._forward(images)
+        ]
+
+    def logits(self, image: ImageSource) -> np.ndarray:
+        """``(K, H, W)`` float32 class scores cropped to the image's size (for parity checks)."""
+        output, row, size = self._forward([image])[0]
+        return np.ascontiguousarray(crop(output[row : row + 1], [size])[0])
+
+
+class ClassificationModel(_Model):
+    """A classification export: images in, ``(label, probabilities)`` out."""
+
+    def predict(self, image: ImageSource) -> tuple[str, np.ndarray]:
+        """The most likely class name and the ``(K,)`` float32 probabilities (they sum to 1)."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[ImageSource]) -> list[tuple[str, np.ndarray]]:
+        """``(label, probabilities)`` per image, in order; images may differ in size."""
+        results = []
+        for output, row, _ in self._forward(images):
+            probabilities = softmax(output[row])
+            results.append((self.card.class_names[int(np.argmax(probabilities))], probabilities))
+        return results
+
+
+def open_model(
+    path: str | os.PathLike,
+    provider: str = "auto",
+    threads: int = 0,
+    card: ModelCard | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> SegmentationModel | ClassificationModel:
+    """Open an ONNX export for inference.
+
+    Args:
+        path: the ``.onnx`` file.
+        provider: ``"cpu"``, ``"cuda"`` (fails loudly when CUDA cannot run here) or ``"auto"``
+            (CUDA when it really works, else CPU); ``model.provider`` tells which one runs.
+        threads: CPU threads per operator; 0 lets ONNX Runtime use all cores.
+        card: use this model card instead of the one stored in the file.
+        mean, std, class_names: for an ONNX file without a segdeploy card, all three are needed;
+            with a card they override its values.
+
+    Returns:
+        a :class:`SegmentationModel` or :class:`ClassificationModel`, by the card's task.
+
+    Raises:
+        SegdeployError: missing or unreadable file, no card and no mean/std/class names, a graph
+            whose input or output does not fit the card, or an unusable provider.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SegdeployError(f"ONNX file {path}: expected an existing file, found nothing")
+    try:
+        session = create_session(path, SessionOptions(provider=provider, intra_op_threads=threads))
+    except SegdeployError:
+        raise
+    except Exception as err:  # ORT raises InvalidProtobuf, Fail, ... for files it cannot read
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SegdeployError(
+            f"ONNX file {path}: expected a model ONNX Runtime can load, found an error ({first})"
+        ) from None
+    card = _resolve_card(session, path, card, mean, std, class_names)
+    model_class = SegmentationModel if card.task == "segmentation" else ClassificationModel
+    return model_class(session, card, path)
+
+
+def _resolve_card(
+    session: ort.InferenceSession,
+    path: Path,
+    card: ModelCard | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    class_names: Sequence[str] | None,
+) -> ModelCard:
+    overrides = {
+        key: tuple(value)
+        for key, value in (("mean", mean), ("std", std), ("class_names", class_names))
+        if value is not None
+    }
+    if card is None:
+        stored = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+        if stored is not None:
+            card = ModelCard.from_json(stored, source=f"ONNX file {path}")
+    if card is not None:
+        return card.replace(**overrides) if overrides else card
+    missing = [key for key in ("mean", "std", "class_names") if key not in overrides]
+    if missing:
+        raise SegdeployError(
+            f"ONNX file {path}: expected a segdeploy model card in its metadata "
+            f"('{ONNX_METADATA_KEY}'), found none; pass card= or mean=, std= and class_names= "
+            f"(missing: {', '.join(missing)})"
+        )
+    # A foreign graph: the task follows from the output rank, channels from mean/std.
+    output_rank = len(session.get_outputs()[0].shape)
+    task = next((t for t, rank in _OUTPUT_RANK.items() if rank == output_rank), None)
+    if task is None:
+        raise SegdeployError(
+            f"ONNX file {path}: expected an output of rank 4 (segmentation) or 2 "
+            f"(classification), found rank {output_rank}"
+        )
+    return ModelCard(
+        arch=path.stem or "onnx",
+        task=task,
+        class_names=overrides["class_names"],
+        in_channels=len(overrides["mean"]),
+        mean=overrides["mean"],
+        std=overrides["std"],
+    )
+
+
+def _check_signature(session: ort.InferenceSession, card: ModelCard, path: Path) -> tuple[str, str]:
+    """Input and output names after checking the graph against the card (read once)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    where = f"ONNX file {path}"
+    if len(inputs) != 1:
+        raise SegdeployError(f"{where}: expected one input (the image), found {len(inputs)}")
+    image = inputs[0]
+    if len(image.shape) != 4:
+        raise SegdeployError(
+            f"{where}: expected a rank-4 image input (batch, channels, height, width), "
+            f"found '{image.name}' with shape {image.shape}"
+        )
+    if image.type != "tensor(float)":
+        raise SegdeployError(f"{where}: expected a float32 image input, found {image.type}")
+    channels, height, width = image.shape[1:]
+    if isinstance(channels, int) and channels != card.in_channels:
+        raise SegdeployError(
+            f"{where}: the card says {card.in_channels} input channels, the graph reads {channels}"
+        )
+    if isinstance(height, int) or isinstance(width, int):
+        raise SegdeployError(
+            f"{where}: expected dynamic height and width, found a fixed input size "
+            f"{height}x{width}; export with dynamic spatial axes"
+        )
+    output = outputs[0]
+    rank = _OUTPUT_RANK[card.task]
+    if len(output.shape) != rank:
+        raise SegdeployError(
+            f"{where}: a {card.task} model needs a rank-{rank} output, found '{output.name}' "
+            f"with shape {output.shape}"
+        )
+    classes = output.shape[1]
+    if isinstance(classes, int) and classes != card.num_classes:
+        raise SegdeployError(
+            f"{where}: the card names {card.num_classes} classes, the graph outputs {classes}"
+        )
+    if card.task == "segmentation" and card.num_classes > 256:
+        raise SegdeployError(
+            f"{where}: masks are uint8, so at most 256 classes, found {card.num_classes}"
+        )
+    return image.name, output.name

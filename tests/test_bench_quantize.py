@@ -1,0 +1,132 @@
+"""``bench``, ``quantize`` and ``convert-fp16``: real runs on a briefly trained tiny U-Net."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from segdeploy.cli import app
+from segdeploy.runtime.session import usable_providers
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained_export(tmp_path_factory):
+    """A tiny U-Net trained for a few epochs on synthetic scenes, exported to ONNX."""
+    folder = tmp_path_factory.mktemp("trained")
+    checkpoint, onnx_path = folder / "unet.pt", folder / "unet.onnx"
+    args = ["train", "unet", "--variant", "tiny", "--img-size", "64", "--epochs", "3"]
+    args += ["--train-samples", "96", "--val-samples", "16", "--out", str(checkpoint)]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(onnx_path)])
+    assert result.exit_code == 0, result.output
+    return onnx_path
+
+
+def test_bench_writes_json_and_chart_with_percentiles(trained_export, tmp_path):
+    out = tmp_path / "results"
+    args = ["bench", str(trained_export), "--size", "64x64", "--batch", "1,2"]
+    args += ["--warmup", "1", "--iters", "5", "--results", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (json_path,) = out.glob("*.json")
+    assert json_path.with_suffix(".png").is_file()
+    data = json.loads(json_path.read_text())
+    assert data["environment"]["provider"] == "cpu"
+    assert data["environment"]["matmul_peak_gflops_per_s"] > 0
+    assert [c["batch"] for c in data["cases"]] == [1, 2]
+    for case in data["cases"]:
+        onnx = case["onnx"]
+        assert onnx["iterations"] == 5
+        assert onnx["p50_ms"] <= onnx["p90_ms"] <= onnx["p99_ms"]
+        assert case["torch"]["iterations"] == 5 and case["speedup"] > 0
+        assert case["gflops"] > 0
+
+
+@pytest.mark.skipif("cuda" in usable_providers(), reason="this machine has a usable CUDA")
+def test_bench_on_cuda_without_a_gpu_exits_2(trained_export):
+    result = runner.invoke(app, ["bench", str(trained_export), "--provider", "cuda"])
+    assert result.exit_code == 2
+    assert "cannot use it on this machine" in result.output
+
+
+def test_bench_bad_input(tmp_path):
+    result = runner.invoke(app, ["bench", str(tmp_path / "none.onnx")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    result = runner.invoke(app, ["bench", str(tmp_path / "x.onnx"), "--precision", "int4"])
+    assert result.exit_code == 1 and "int4" in result.output
+
+
+def _synthetic_images(count=8, size=64):
+    from segdeploy.card import ModelCard
+    from segdeploy.data import render_road_scene
+    from segdeploy.quantize import _normalise
+
+    card = ModelCard(arch="unet", task="segmentation", class_names=("a", "b"))
+    images = np.stack([render_road_scene(i, size, size, seed=555)[0] for i in range(count)])
+    return _normalise(images, card)
+
+
+def test_int8_keeps_the_card_and_agrees_with_fp32(trained_export):
+    from segdeploy.quantize import precision_parity
+    from segdeploy.runtime import open_model
+
+    result = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(trained_export),
+            "--samples",
+            "16",
+            "--eval-samples",
+            "16",
+            "--max-drop",
+            "100",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    int8 = trained_export.with_name("unet.int8.onnx")
+    assert open_model(int8, provider="cpu").card.arch == "unet"
+    report = precision_parity(trained_export, int8, "int8", _synthetic_images())
+    assert report.passed, report.failures()
+
+
+def test_int8_accuracy_gate_refuses_and_leaves_no_file(trained_export, tmp_path):
+    out = tmp_path / "strict.int8.onnx"
+    result = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(trained_export),
+            "--samples",
+            "8",
+            "--eval-samples",
+            "8",
+            "--max-drop",
+            "-100",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 1 and "was not written" in result.output
+    assert not out.exists()
+
+
+def test_fp16_variant_keeps_fp32_io_and_agrees(trained_export):
+    import onnx
+
+    from segdeploy.quantize import precision_parity
+
+    result = runner.invoke(app, ["convert-fp16", str(trained_export)])
+    assert result.exit_code == 0, result.output
+    half = trained_export.with_name("unet.fp16.onnx")
+    graph = onnx.load(half).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer)
+    report = precision_parity(trained_export, half, "fp16", _synthetic_images())
+    assert report.passed, report.failures()

@@ -1,0 +1,314 @@
+"""The torch-free runtime: imports, parity with PyTorch, decoding, errors, providers, threads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segdeploy.errors import SegdeployError
+from segdeploy.runtime import ClassificationModel, SegmentationModel, load_image, open_model
+from segdeploy.runtime.postprocess import colorize, overlay, palette, softmax
+from segdeploy.runtime.preprocess import to_model_input
+
+FORBIDDEN = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim")
+
+
+def exported(checkpoint: Path) -> Path:
+    """Export a tiny checkpoint once per session (cached next to it, shared with other files)."""
+    out = checkpoint.with_suffix(".onnx")
+    if not out.exists():
+        from segdeploy.export import export_checkpoint
+
+        export_checkpoint(checkpoint, out=out, shapes=[(1, 16, 16)], providers=["cpu"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def unet_onnx(tiny_checkpoints) -> Path:
+    return exported(tiny_checkpoints["unet"])
+
+
+@pytest.fixture(scope="module")
+def resnet_onnx(tiny_checkpoints) -> Path:
+    return exported(tiny_checkpoints["resnet18"])
+
+
+@pytest.fixture(scope="module")
+def unet(unet_onnx) -> SegmentationModel:
+    return open_model(unet_onnx, provider="cpu")
+
+
+def random_image(height: int, width: int, seed: int = 0, channels: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+
+
+def test_runtime_never_imports_the_torch_side(unet_onnx, tmp_path):
+    Image.fromarray(random_image(21, 35)).save(tmp_path / "x.png")
+    code = f"""
+import sys
+forbidden = {FORBIDDEN!r}
+import segdeploy.runtime
+import segdeploy.runtime.batch
+assert not [m for m in forbidden if m in sys.modules], sorted(sys.modules)
+from segdeploy.runtime import open_model
+model = open_model({str(unet_onnx)!r})
+assert model.predict({str(tmp_path / "x.png")!r}).shape == (21, 35)
+loaded = [m for m in sys.modules if m.split(".")[0] in forbidden]
+assert not loaded, loaded
+print("clean")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "clean" in result.stdout
+
+
+@pytest.mark.parametrize("size", [(37, 53), (16, 16), (333, 517)])
+def test_mask_matches_pytorch_argmax_at_odd_sizes(unet, tiny_checkpoints, size):
+    torch = pytest.importorskip("torch")
+    from segdeploy.checkpoint import load_checkpoint
+
+    torch_model, card = load_checkpoint(tiny_checkpoints["unet"])
+    image = random_image(*size, seed=size[0])
+    batch, _ = to_model_input([image], card.mean, card.std)
+    assert batch.shape[2] % 16 == 0 and batch.shape[3] % 16 == 0
+    with torch.no_grad():
+        reference = torch_model(torch.from_numpy(batch))[0, :, : size[0], : size[1]]
+    expected = reference.argmax(dim=0).numpy()
+
+    mask = unet.predict(image)
+    assert mask.shape == size and mask.dtype == np.uint8
+    agreement = float(np.mean(mask == expected))
+    print(f"argmax agreement at {size[0]}x{size[1]}: {agreement:.6%}")
+    assert agreement >= 0.999
+    logits = unet.logits(image)
+    assert logits.shape == (4, *size) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, reference.numpy(), atol=1e-3, rtol=1e-3)
+
+
+def test_model_input_is_reflect_padded_then_normalised():
+    image = random_image(5, 7)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    batch, sizes = to_model_input([image, random_image(17, 3)], mean, std, multiple=16)
+    assert batch.shape == (2, 3, 32, 16) and batch.dtype == np.float32
+    assert sizes == [(5, 7), (17, 3)]
+    padded = np.pad(image, ((0, 27), (0, 9), (0, 0)), mode="reflect").astype(np.float64)
+    expected = ((padded / 255 - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(batch[0], expected, atol=1e-5)
+
+
+def test_batch_of_mixed_sizes_equals_one_by_one(unet):
+    images = [random_image(40 + i, 60 - 3 * i, seed=i) for i in range(4)]
+    images.append(random_image(40, 60, seed=9)[:, :, 0])  # grayscale array in the same batch
+    masks = unet.predict_batch(images)
+    for image, mask in zip(images, masks, strict=True):
+        assert np.array_equal(mask, unet.predict(image))
+        assert mask.shape == image.shape[:2]
+
+
+def _save(tmp_path: Path, name: str, image: Image.Image, **kwargs) -> Path:
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return path
+
+
+def test_image_modes_are_converted(unet, tmp_path):
+    rgb = Image.fromarray(random_image(19, 23))
+    sixteen = Image.fromarray(np.full((19, 23), 65535, dtype=np.uint16))
+    sources = {
+        "gray": _save(tmp_path, "gray.png", rgb.convert("L")),
+        "rgba": _save(tmp_path, "rgba.png", rgb.convert("RGBA")),
+        "la": _save(tmp_path, "la.png", rgb.convert("LA")),
+        "palette": _save(tmp_path, "palette.png", rgb.convert("P")),
+        "16-bit": _save(tmp_path, "sixteen.png", sixteen),
+        "cmyk": _save(tmp_path, "cmyk.jpg", rgb.convert("CMYK")),
+        "1-bit": _save(tmp_path, "bits.png", rgb.convert("1")),
+        "pil": rgb,
+        "gray array": random_image(19, 23, channels=1)[:, :, 0],
+        "1-channel array": random_image(19, 23, channels=1),
+        "rgba array": random_image(19, 23, channels=4),
+    }
+    for name, source in sources.items():
+        array = load_image(source)
+        assert array.shape == (19, 23, 3) and array.dtype == np.uint8, name
+        assert unet.predict(source).shape == (19, 23), name
+    assert load_image(sources["16-bit"]).max() == 255  # scaled, not clipped or wrapped
+    assert np.array_equal(load_image(sources["rgba"]), np.asarray(rgb))  # alpha dropped
+    assert load_image(rgb, channels=1).shape == (19, 23, 1)
+
+
+def _truncated_png(tmp_path: Path) -> Path:
+    path = _save(tmp_path, "truncated.png", Image.fromarray(random_image(64, 64)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "found nothing"),
+        ("garbage", "cannot identify"),
+        ("truncated", "truncated or corrupt"),
+        ("folder", "found a folder"),
+    ],
+)
+def test_unreadable_files_name_the_file(tmp_path, case, expected):
+    path = {
+        "missing": tmp_path / "missing.png",
+        "garbage": tmp_path / "garbage.png",
+        "truncated": None,
+        "folder": tmp_path / "folder.png",
+    }[case]
+    if case == "garbage":
+        path.write_bytes(b"\x89PNG but not really")
+    elif case == "truncated":
+        path = _truncated_png(tmp_path)
+    elif case == "folder":
+        path.mkdir()
+    with pytest.raises(SegdeployError, match=expected) as err:
+        load_image(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("pixels", [500, 200])  # 640 pixels: warning range, error range
+def test_decompression_bombs_are_refused(tmp_path, monkeypatch, pixels):
+    path = _save(tmp_path, "bomb.png", Image.fromarray(random_image(16, 40)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels)
+    with pytest.raises(SegdeployError, match="decompression bomb") as err:
+        load_image(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "array, expected",
+    [
+        (np.zeros((8, 8, 2), np.uint8), "found 2"),
+        (np.zeros((8, 8, 3), np.float32), "dtype uint8"),
+        (np.zeros((1, 8, 8, 3), np.uint8), r"shape \(H, W\)"),
+        (np.zeros((0, 8, 3), np.uint8), "non-empty"),
+    ],
+)
+def test_bad_arrays_are_refused(array, expected):
+    with pytest.raises(SegdeployError, match=expected) as err:
+        load_image(array)
+    assert "image array" in str(err.value)
+
+
+def test_a_zero_size_pil_image_is_refused():
+    with pytest.raises(SegdeployError, match="non-empty"):
+        load_image(Image.new("RGB", (0, 5)))
+
+
+def test_postprocessing_helpers(tmp_path):
+    colours = palette(21)
+    assert colours[0] == (0, 0, 0) and len(set(colours)) == 21
+    mask = np.array([[0, 1], [2, 3]], dtype=np.uint8)
+    image = colorize(mask, colours[:4])
+    assert image.mode == "P"
+    image.save(tmp_path / "m.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "m.png")), mask)
+    background = np.full((2, 2, 3), 100, np.uint8)
+    blended = np.asarray(overlay(background, mask, colours, alpha=0.5))
+    assert (blended[0, 0] == 100).all() and not (blended[0, 1] == 100).all()
+    probabilities = softmax(np.array([[1000.0, 0.0], [1.0, 1.0]], np.float32))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+
+
+def _strip_card(source: Path, target: Path) -> Path:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(source)
+    del model.metadata_props[:]
+    onnx.save(model, target)
+    return target
+
+
+def test_a_file_without_a_card_needs_mean_std_and_classes(unet_onnx, unet, tmp_path):
+    bare = _strip_card(unet_onnx, tmp_path / "bare.onnx")
+    with pytest.raises(SegdeployError, match="model card") as err:
+        open_model(bare)
+    assert str(bare) in str(err.value)
+    with pytest.raises(SegdeployError, match="missing: std"):
+        open_model(bare, mean=unet.card.mean, class_names=unet.card.class_names)
+    model = open_model(
+        bare, mean=unet.card.mean, std=unet.card.std, class_names=unet.card.class_names
+    )
+    assert isinstance(model, SegmentationModel)
+    image = random_image(29, 31)
+    assert np.array_equal(model.predict(image), unet.predict(image))
+    assert open_model(bare, card=unet.card).card == unet.card
+
+
+def test_a_graph_without_a_rank_4_input_is_refused(tmp_path, unet):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "flat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, "n"])],
+    )
+    path = tmp_path / "flat.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.save(model, path)
+    with pytest.raises(SegdeployError, match="rank-4 image input") as err:
+        open_model(path, card=unet.card)
+    assert str(path) in str(err.value)
+
+
+def test_unreadable_onnx_files_are_refused(tmp_path):
+    with pytest.raises(SegdeployError, match="found nothing"):
+        open_model(tmp_path / "nope.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(SegdeployError, match=r"junk\.onnx"):
+        open_model(tmp_path / "junk.onnx")
+
+
+def test_providers_are_honest(unet_onnx):
+    from segdeploy.runtime import usable_providers
+
+    if "cuda" in usable_providers():
+        pytest.skip("CUDA works here; this checks the refusal on machines without it")
+    with pytest.raises(SegdeployError, match="CPUExecutionProvider"):
+        open_model(unet_onnx, provider="cuda")
+    model = open_model(unet_onnx, provider="auto")
+    assert model.provider == "cpu"
+    with pytest.raises(SegdeployError, match="unknown provider"):
+        open_model(unet_onnx, provider="tpu")
+
+
+def test_one_model_serves_many_threads(unet):
+    images = [random_image(24 + 8 * (i % 3), 40 + 16 * (i % 2), seed=i) for i in range(8)]
+    sequential = [(unet.predict(image), unet.logits(image)) for image in images]
+
+    def work(index: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        order = [images[(index + k) % len(images)] for k in range(4)]
+        return [(unet.predict(image), unet.logits(image)) for image in order]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(work, range(8)))
+    for index, outputs in enumerate(results):
+        for k, (mask, logits) in enumerate(outputs):
+            expected_mask, expected_logits = sequential[(index + k) % len(images)]
+            assert np.array_equal(mask, expected_mask)
+            assert np.array_equal(logits, expected_logits)  # bit-identical
+
+
+def test_classification_returns_a_card_label_and_probabilities(resnet_onnx):
+    model = open_model(resnet_onnx, provider="cpu")
+    assert isinstance(model, ClassificationModel)
+    label, probabilities = model.predict(random_image(45, 67))
+    assert label in model.card.class_names
+    assert probabilities.shape == (4,) and probabilities.dtype == np.float32
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    assert label == model.card.class_names[int(np.argmax(probabilities))]
+    batch = model.predict_batch([random_image(32, 32), random_image(45, 67)])
+    assert batch[1][0] == label
+    np.testing.assert_allclose(batch[1][1], probabilities, rtol=1e-5, atol=1e-6)
