@@ -23,6 +23,7 @@ import onnxruntime as ort
 from segdeploy import __version__
 from segdeploy.card import ONNX_METADATA_KEY, ModelCard
 from segdeploy.errors import SegdeployError
+from segdeploy.fileio import atomic_write
 from segdeploy.runtime.session import SessionOptions, create_session, session_provider
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -277,8 +278,7 @@ def write_results(cases: list[BenchCase], env: dict[str, Any], folder: Path) -> 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = folder / f"{stamp}-{env['provider']}.json"
     payload = {"environment": env, "cases": [c.to_dict() for c in cases]}
-    path.write_text(json.dumps(payload, indent=2))
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
 
 def draw_chart(cases: list[BenchCase], path: Path) -> Path:
@@ -307,9 +307,7 @@ def draw_chart(cases: list[BenchCase], path: Path) -> Path:
         width = max(1, int(bar_w * ms / longest))
         draw.rectangle([label_w, y + 3, label_w + width, y + row_h - 3], fill=colours[engine])
         draw.text((label_w + width + 6, y + 4), f"{ms:.1f}", fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def run_bench(config: BenchConfig, progress=None) -> tuple[list[BenchCase], dict[str, Any]]:

@@ -8,49 +8,21 @@ model from the card alone; nothing else has to be known about how it was trained
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import pickletools
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from segdeploy.card import ModelCard
 from segdeploy.errors import SegdeployError
+from segdeploy.fileio import atomic_write
 from segdeploy.models import create_model
 
 CHECKPOINT_FORMAT = "segdeploy-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` only when it succeeded.
-
-    The temporary file lives in the destination folder so that the final rename is atomic; a crash
-    or Ctrl-C leaves either the old file or none, never a half-written one.
-    """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as err:
-        raise SegdeployError(f"cannot write to folder {folder} ({err.strerror})") from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(model: nn.Module, card: ModelCard, path: str | Path) -> Path:

@@ -442,6 +442,32 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def demo(
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
+    workdir: Annotated[Path, typer.Option(help="Checkpoint, samples, predictions.")] = Path(
+        "runs/demo"
+    ),
+) -> None:
+    """The whole pipeline on synthetic data: train, export + parity, predict, bench."""
+    from segdeploy.demo import DemoConfig, run_demo
+
+    done = run_demo(DemoConfig(workdir=workdir, epochs=epochs), console)
+    print_training_summary(done["trained"])
+    exported = done["exported"]
+    print_parity_table(exported.report)
+    console.print(f"nodes {exported.nodes_before} -> {exported.nodes_after}; {exported.onnx_path}")
+    predicted = done["predicted"]
+    console.print(
+        f"predicted {predicted.images} images on {predicted.provider} in "
+        f"{predicted.seconds:.2f}s -> {workdir / 'predictions'} (masks and overlays)"
+    )
+    cases, env, results = done["bench"]
+    print_bench_table(cases, env)
+    console.print(f"benchmark: {results} and {results.with_suffix('.png')}")
+
+
 @app.command("models")
 def list_architectures() -> None:
     """List the registered architectures and their variants."""

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from segdeploy.errors import SegdeployError
 from segdeploy.metrics import IGNORE_INDEX
+from segdeploy.runtime.preprocess import load_image
 
 ROAD_CLASSES = ("background", "road", "vehicle", "pedestrian")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,7 +41,6 @@ _PIL_ERRORS = (
     SyntaxError,
     ValueError,
 )
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,35 +334,15 @@ def _normalise(rgb: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB.
+    """Open an image file as 8-bit RGB with the runtime's conversion rules.
 
-    Grayscale, RGBA and palette images go through ``convert("RGB")``; 16-bit grayscale images
-    are first scaled to 8 bits (a plain convert would clip them to white).
+    Training and serving share :func:`segdeploy.runtime.preprocess.load_image`, so a model sees
+    the same pixels from a 16-bit, palette, grayscale or RGBA file in both.
 
     Raises:
         SegdeployError: if the file is missing, unreadable or corrupt.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in _SIXTEEN_BIT_MODES:
-                arr = np.asarray(im, dtype=np.float64)
-                # 16-bit data spans 0..65535; 257 maps 65535 exactly onto 255.
-                im8 = Image.fromarray(np.clip(arr / 257.0, 0, 255).round().astype(np.uint8), "L")
-                return im8.convert("RGB")
-            if im.mode == "F":
-                arr = np.asarray(im, dtype=np.float64)
-                im8 = Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8), "L")
-                return im8.convert("RGB")
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise SegdeployError(f"Image {path}: expected an existing file, found nothing.") from None
-    except _PIL_ERRORS as exc:
-        raise SegdeployError(
-            f"Image {path}: expected a readable image file, found a corrupt or unsupported "
-            f"file ({exc})."
-        ) from exc
+    return Image.fromarray(load_image(Path(path), channels=3))
 
 
 def _load_mask(path: Path) -> np.ndarray:

@@ -44,3 +44,43 @@ def write_samples(folder: Path, count: int, size: int, seed: int) -> list[Path]:
         Image.fromarray(image).save(path)
         paths.append(path)
     return paths
+
+
+def run_demo(config: DemoConfig, console) -> dict:
+    """Run train -> export (parity gate) -> predict -> bench; returns what each step produced."""
+    from segdeploy.bench import BenchConfig, draw_chart, run_bench, write_results
+    from segdeploy.export import export_checkpoint
+    from segdeploy.runtime import open_model
+    from segdeploy.runtime.batch import predict_files
+    from segdeploy.train import TrainConfig, train
+
+    workdir = config.workdir
+    console.rule("1/4 train a small U-Net on synthetic road scenes")
+    trained = train(
+        TrainConfig(
+            arch="unet",
+            epochs=config.epochs,
+            img_size=config.img_size,
+            seed=config.seed,
+            out=workdir / "unet.pt",
+        ),
+        console=console,
+    )
+    console.rule("2/4 export to ONNX behind the parity gate")
+    exported = export_checkpoint(trained.checkpoint, out=config.exports / "unet.onnx", force=True)
+    console.rule("3/4 predict held-out images with the torch-free runtime")
+    samples = write_samples(workdir / "samples", config.samples, config.img_size, config.seed)
+    model = open_model(exported.onnx_path, provider="auto")
+    predicted = predict_files(model, samples, workdir / "predictions", overlay=True)
+    console.rule("4/4 benchmark ONNX Runtime against PyTorch eager")
+    cases, env = run_bench(
+        BenchConfig(models=[exported.onnx_path], provider=model.provider, seconds=2.0)
+    )
+    results = write_results(cases, env, workdir / "bench")
+    draw_chart(cases, results.with_suffix(".png"))
+    return {
+        "trained": trained,
+        "exported": exported,
+        "predicted": predicted,
+        "bench": (cases, env, results),
+    }

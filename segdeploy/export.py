@@ -25,8 +25,9 @@ from torch.export import Dim
 
 from segdeploy import __version__
 from segdeploy.card import ONNX_METADATA_KEY, ModelCard
-from segdeploy.checkpoint import atomic_write, file_sha256, load_checkpoint
+from segdeploy.checkpoint import file_sha256, load_checkpoint
 from segdeploy.errors import SegdeployError
+from segdeploy.fileio import atomic_write
 from segdeploy.parity import (
     CaseReport,
     ParityReport,

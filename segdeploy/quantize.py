@@ -25,9 +25,9 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from segdeploy.card import ModelCard
-from segdeploy.checkpoint import atomic_write
 from segdeploy.errors import SegdeployError
 from segdeploy.export import attach_metadata, read_card
+from segdeploy.fileio import atomic_write
 from segdeploy.metrics import ConfusionMatrix
 from segdeploy.runtime.session import SessionOptions, create_session
 

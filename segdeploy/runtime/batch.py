@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from segdeploy.errors import SegdeployError
+from segdeploy.fileio import atomic_write
 from segdeploy.runtime import postprocess
 from segdeploy.runtime.model import ClassificationModel, SegmentationModel
 from segdeploy.runtime.preprocess import load_image
@@ -170,27 +170,6 @@ def plan_outputs(
     return outputs
 
 
-def _atomic_save(path: Path, write: Callable[[Path], None]) -> None:
-    # The temporary file sits next to the target so os.replace is an atomic rename.
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise SegdeployError(
-            f"output folder {path.parent}: expected a writable folder, found {err.strerror}"
-        ) from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)  # mkstemp makes 0600 files; give the usual permissions instead
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -258,7 +237,7 @@ def predict_files(
     if not segmentation and rows:
         target = out_dir / CSV_NAME
         header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
-        _atomic_save(target, lambda tmp: _write_csv(tmp, header, rows))
+        atomic_write(target, lambda tmp: _write_csv(tmp, header, rows))
         summary.outputs.append(target)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -268,13 +247,13 @@ def _write_masks(
     stem: Path, image: np.ndarray, mask: np.ndarray, colours: list, with_overlay: bool
 ) -> list[Path]:
     written = [stem.with_name(f"{stem.name}.png")]
-    _atomic_save(
+    atomic_write(
         written[0], lambda tmp: postprocess.colorize(mask, colours).save(tmp, format="PNG")
     )
     if with_overlay:
         written.append(stem.with_name(f"{stem.name}_overlay.png"))
         blended = postprocess.overlay(image, mask, colours)
-        _atomic_save(written[1], lambda tmp: blended.save(tmp, format="PNG"))
+        atomic_write(written[1], lambda tmp: blended.save(tmp, format="PNG"))
     return written
 
 

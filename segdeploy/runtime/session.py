@@ -68,9 +68,9 @@ def create_session(
     available = ort.get_available_providers()
     want_cuda = options.provider in ("cuda", "auto")
     if want_cuda and PROVIDER_NAMES["cuda"] in available:
-        if options.provider == "auto":
-            # A failed CUDA load is expected when probing; keep ORT's loader errors off stderr.
-            ort.set_default_logger_severity(4)
+        # A CUDA provider that cannot load makes ORT print pages of loader errors and fall back;
+        # we check the outcome ourselves and report it in one sentence instead.
+        ort.set_default_logger_severity(4)
         try:
             session = ort.InferenceSession(
                 source,
