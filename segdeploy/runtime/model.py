@@ -31,8 +31,11 @@ _Result = tuple[np.ndarray, int, tuple[int, int]]
 class _Model:
     """What both tasks share: the session, the card and the run with padding-size batches."""
 
-    def __init__(self, session: ort.InferenceSession, card: ModelCard, path: Path) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, card: ModelCard, path: Path, device_id: int = 0
+    ) -> None:
         self.path = path
+        self._device_id = device_id
         self.card = card
         #: Short name of the provider that really runs the model: ``"cpu"`` or ``"cuda"``.
         self.provider = session_provider(session)
@@ -60,7 +63,7 @@ class _Model:
             # The binding is per call: sharing one across threads would race.
             binding = self._session.io_binding()
             binding.bind_cpu_input(self._input_name, batch)
-            binding.bind_output(self._output_name, "cuda")
+            binding.bind_output(self._output_name, "cuda", self._device_id)
             self._session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0]
         return self._session.run([self._output_name], {self._input_name: batch})[0]
@@ -136,6 +139,7 @@ def open_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
+    device_id: int = 0,
 ) -> SegmentationModel | ClassificationModel:
     """Open an ONNX export for inference.
 
@@ -144,6 +148,7 @@ def open_model(
         provider: ``"cpu"``, ``"cuda"`` (fails loudly when CUDA cannot run here) or ``"auto"``
             (CUDA when it really works, else CPU); ``model.provider`` tells which one runs.
         threads: CPU threads per operator; 0 lets ONNX Runtime use all cores.
+        device_id: the CUDA device, when CUDA runs the model.
         card: use this model card instead of the one stored in the file.
         mean, std, class_names: for an ONNX file without a segdeploy card, all three are needed;
             with a card they override its values.
@@ -159,7 +164,9 @@ def open_model(
     if not path.is_file():
         raise SegdeployError(f"ONNX file {path}: expected an existing file, found nothing")
     try:
-        session = create_session(path, SessionOptions(provider=provider, intra_op_threads=threads))
+        session = create_session(
+            path, SessionOptions(provider=provider, intra_op_threads=threads, device_id=device_id)
+        )
     except SegdeployError:
         raise
     except Exception as err:  # ORT raises InvalidProtobuf, Fail, ... for files it cannot read
@@ -169,7 +176,7 @@ def open_model(
         ) from None
     card = _resolve_card(session, path, card, mean, std, class_names)
     model_class = SegmentationModel if card.task == "segmentation" else ClassificationModel
-    return model_class(session, card, path)
+    return model_class(session, card, path, device_id)
 
 
 def _resolve_card(
