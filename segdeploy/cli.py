@@ -203,7 +203,9 @@ def print_bench_table(cases, env) -> None:
         ]
         if peak:
             achieved = c.achieved_gflops_per_s
-            row.append(f"{100 * achieved / peak:.0f}%" if achieved else "-")
+            # The peak is an FP32 matrix multiply: a share of it only means something for FP32.
+            fp32 = c.precision == "fp32"
+            row.append(f"{100 * achieved / peak:.0f}%" if achieved and fp32 else "-")
         table.add_row(*row)
     console.print(table)
     if peak:

@@ -148,7 +148,10 @@ def quantize_int8(
             _Batches(model.graph.input[0].name, calib_images),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QInt8,
+            # U8 activations x S8 weights: on an AVX2 CPU without VNNI this ran ResNet-18 and the
+            # full U-Net 1.85x / 1.91x faster than FP32, where S8 activations gained 1.0x / 1.3x
+            # (ORT's x86 int8 kernels multiply unsigned by signed bytes). benchmarks/README.md.
+            activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
