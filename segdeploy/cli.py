@@ -188,7 +188,7 @@ def print_bench_table(cases, env) -> None:
         table.add_column(column, justify="left" if column == "model" else "right")
     for c in cases:
         row = [
-            c.arch,
+            c.model.removesuffix(".onnx"),
             c.precision,
             str(c.batch),
             f"{c.height}x{c.width}",
