@@ -21,9 +21,10 @@ import numpy as np
 import onnxruntime as ort
 
 from segdeploy import __version__
-from segdeploy.card import ONNX_METADATA_KEY, ModelCard
+from segdeploy.card import ModelCard
 from segdeploy.errors import SegdeployError
 from segdeploy.fileio import atomic_write
+from segdeploy.runtime import open_model
 from segdeploy.runtime.session import SessionOptions, create_session, session_provider
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -128,15 +129,6 @@ def measure_matmul_peak(threads: int = 0, size: int = 2048, repeats: int = 10) -
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
-
-
-def read_export_card(path: Path) -> ModelCard:
-    """The model card of an ONNX export, read through ONNX Runtime (no onnx package needed)."""
-    session = create_session(path, SessionOptions(provider="cpu"))
-    meta = session.get_modelmeta().custom_metadata_map
-    if ONNX_METADATA_KEY not in meta:
-        raise SegdeployError(f"{path} carries no segdeploy model card (not a segdeploy export)")
-    return ModelCard.from_json(meta[ONNX_METADATA_KEY], source=str(path))
 
 
 def count_gflops(card: ModelCard, height: int, width: int) -> float:
@@ -321,7 +313,7 @@ def run_bench(config: BenchConfig, progress=None) -> tuple[list[BenchCase], dict
         env["matmul_peak_gflops_per_s"] = measure_matmul_peak(config.threads)
     cases = []
     for path in config.models:
-        card = read_export_card(path)
+        card = open_model(path, provider="cpu").card
         for precision in config.precisions:
             for size in config.sizes or default_sizes(card):
                 gflops = count_gflops(card, *size)

@@ -82,7 +82,6 @@ def print_training_summary(result) -> None:
     )
 
 
-@app.command()
 @user_errors
 def train(
     arch: Annotated[str, typer.Argument(help="Registered architecture (see `segdeploy models`).")],
@@ -212,7 +211,6 @@ def print_bench_table(cases, env) -> None:
         console.print(f"matrix-multiply peak measured in this run: {peak:.0f} GFLOP/s (fp32)")
 
 
-@app.command()
 @user_errors
 def bench(
     models: Annotated[
@@ -282,7 +280,6 @@ def bench(
     console.print(f"wrote {out} and {chart}")
 
 
-@app.command()
 @user_errors
 def quantize(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
@@ -307,7 +304,6 @@ def quantize(
     )
 
 
-@app.command("convert-fp16")
 @user_errors
 def convert_fp16(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
@@ -319,7 +315,6 @@ def convert_fp16(
     console.print(f"wrote [bold]{to_fp16(onnx_path, out)}")
 
 
-@app.command()
 @user_errors
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A .pt written by `segdeploy train`.")],
@@ -355,7 +350,6 @@ def export(
     console.print(f"wrote [bold]{result.onnx_path}[/] and {result.report_path}")
 
 
-@app.command()
 @user_errors
 def verify(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
@@ -379,7 +373,6 @@ def verify(
     console.print("[green]parity holds")
 
 
-@app.command()
 @user_errors
 def predict(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="An exported model.")],
@@ -444,7 +437,6 @@ def predict(
         raise typer.Exit(1)
 
 
-@app.command()
 @user_errors
 def demo(
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
@@ -470,7 +462,41 @@ def demo(
     console.print(f"benchmark: {results} and {results.with_suffix('.png')}")
 
 
-@app.command("models")
+@user_errors
+def info(
+    path: Annotated[Path, typer.Argument(metavar="MODEL.pt|MODEL.onnx")],
+) -> None:
+    """Show the model card a checkpoint or an ONNX export carries."""
+    if path.suffix == ".onnx":
+        from segdeploy.runtime import open_model
+
+        model = open_model(path, provider="cpu")
+        card, extra = (
+            model.card,
+            {
+                k.removeprefix("segdeploy."): v
+                for k, v in model.metadata.items()
+                if k.startswith("segdeploy.") and not k.endswith("model_card")
+            },
+        )
+    else:
+        from segdeploy.checkpoint import read_checkpoint
+
+        card, extra = read_checkpoint(path)[0], {}
+    table = Table(title=str(path), title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in card.to_dict().items():
+        if key != "training":
+            table.add_row(key, str(value))
+    for key, value in card.training.items():
+        if key != "validation":
+            table.add_row(f"training.{key}", str(value))
+    for key, value in extra.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
 def list_architectures() -> None:
     """List the registered architectures and their variants."""
     from segdeploy.models import get_spec, list_models
@@ -482,6 +508,22 @@ def list_architectures() -> None:
         spec = get_spec(name)
         table.add_row(name, spec.task, ", ".join(spec.variants), spec.description)
     console.print(table)
+
+
+# Registered here, in pipeline order, because Typer lists commands in registration order.
+for _name, _command in (
+    ("demo", demo),
+    ("train", train),
+    ("export", export),
+    ("verify", verify),
+    ("predict", predict),
+    ("bench", bench),
+    ("quantize", quantize),
+    ("convert-fp16", convert_fp16),
+    ("info", info),
+    ("models", list_architectures),
+):
+    app.command(_name)(_command)
 
 
 def main() -> None:

@@ -116,3 +116,14 @@ def test_failed_parity_leaves_no_onnx_file(tiny_checkpoints, tmp_path, monkeypat
     assert not out.exists()
     assert json.loads(out.with_name("unet.parity.json").read_text())["passed"] is False
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.parity.json"]
+
+
+def test_info_shows_the_card_of_both_artifacts(exported, tiny_checkpoints):
+    out, _ = exported
+    onnx_info = runner.invoke(app, ["info", str(out)])
+    assert onnx_info.exit_code == 0, onnx_info.output
+    assert "checkpoint_sha256" in onnx_info.output and "pedestrian" in onnx_info.output
+    pt_info = runner.invoke(app, ["info", str(tiny_checkpoints["unet"])])
+    assert pt_info.exit_code == 0 and "features" in pt_info.output
+    missing = runner.invoke(app, ["info", "nothing.onnx"])
+    assert missing.exit_code == 1 and "nothing.onnx" in missing.output

@@ -46,6 +46,11 @@ class _Model:
     def class_names(self) -> tuple[str, ...]:
         return self.card.class_names
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The export's ``metadata_props`` (model card JSON, versions, opset, checkpoint hash)."""
+        return dict(self._session.get_modelmeta().custom_metadata_map)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({str(self.path)!r}, arch={self.card.arch!r}, "
