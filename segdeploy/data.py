@@ -156,22 +156,8 @@ def _random_flip_and_scale_crop(
 # --------------------------------------------------------------------------------------------
 
 
-class SyntheticRoadScenes(Dataset):
-    """Procedurally rendered road scenes with 4 classes (see :data:`ROAD_CLASSES`).
-
-    Items are rendered on the fly from ``(seed, index)``, so the dataset costs no memory or disk
-    and is identical on every machine.
-
-    Args:
-        length: number of items.
-        size: (height, width); both must be multiples of 16 (the model's size multiple).
-        seed: base seed; use different seeds for train and validation sets.
-        mean: per-channel normalisation mean (RGB, 0-1 scale).
-        std: per-channel normalisation std.
-        augment: random horizontal flip (the scenes already vary a lot by construction).
-
-    Items are ``(image, mask)``: image (3, H, W) float32 normalised, mask (H, W) int64.
-    """
+class _RenderedRoadScenes(Dataset):
+    """What the synthetic datasets share: length, size, seed, normalisation, indexing."""
 
     class_names = ROAD_CLASSES
     num_classes = len(ROAD_CLASSES)
@@ -197,16 +183,34 @@ class SyntheticRoadScenes(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def load_mask(self, index: int) -> np.ndarray:
-        """The (H, W) uint8 mask of item ``index`` without augmentation (for class weights)."""
-        return render_road_scene(self._check_index(index), *self.size, seed=self.seed)[1]
-
     def _check_index(self, index: int) -> int:
         if index < 0:
             index += self.length
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} items")
         return index
+
+
+class SyntheticRoadScenes(_RenderedRoadScenes):
+    """Procedurally rendered road scenes with 4 classes (see :data:`ROAD_CLASSES`).
+
+    Items are rendered on the fly from ``(seed, index)``, so the dataset costs no memory or disk
+    and is identical on every machine.
+
+    Args:
+        length: number of items.
+        size: (height, width); both must be multiples of 16 (the model's size multiple).
+        seed: base seed; use different seeds for train and validation sets.
+        mean: per-channel normalisation mean (RGB, 0-1 scale).
+        std: per-channel normalisation std.
+        augment: random horizontal flip (the scenes already vary a lot by construction).
+
+    Items are ``(image, mask)``: image (3, H, W) float32 normalised, mask (H, W) int64.
+    """
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The (H, W) uint8 mask of item ``index`` without augmentation (for class weights)."""
+        return render_road_scene(self._check_index(index), *self.size, seed=self.seed)[1]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = render_road_scene(self._check_index(index), *self.size, seed=self.seed)
@@ -438,7 +442,7 @@ class ClassificationFolder(Dataset):
         )
 
 
-class SyntheticRoadCrops(Dataset):
+class SyntheticRoadCrops(_RenderedRoadScenes):
     """Classification twin of :class:`SyntheticRoadScenes`: what is at the centre of the crop?
 
     Item ``i`` renders a scene twice the crop size, picks a pixel of class ``i % 4`` (so classes
@@ -446,29 +450,8 @@ class SyntheticRoadCrops(Dataset):
     Deterministic per ``(seed, index)``.
     """
 
-    class_names = ROAD_CLASSES
-    num_classes = len(ROAD_CLASSES)
-
-    def __init__(
-        self,
-        length: int,
-        size: tuple[int, int] = (128, 128),
-        seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        augment: bool = False,
-    ) -> None:
-        self.length = int(length)
-        self.size = _check_size(size, "Synthetic crops", SIZE_MULTIPLE)
-        self.seed = int(seed)
-        self._mean, self._std = _check_norm(mean, std)
-
-    def __len__(self) -> int:
-        return self.length
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} items")
+        index = self._check_index(index)
         h, w = self.size
         image, mask = render_road_scene(index, 2 * h, 2 * w, seed=self.seed)
         rng = np.random.default_rng([self.seed, index, 1])

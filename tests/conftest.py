@@ -28,3 +28,25 @@ def tiny_checkpoints(tmp_path_factory):
         )
         paths[arch] = save_checkpoint(model, card, folder / f"{arch}.pt")
     return paths
+
+
+def _export_once(checkpoint):
+    """Export a tiny checkpoint next to itself, once per session."""
+    out = checkpoint.with_suffix(".onnx")
+    if not out.exists():
+        from segdeploy.export import export_checkpoint
+
+        export_checkpoint(checkpoint, out=out, shapes=[(1, 16, 16)], providers=["cpu"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def unet_onnx(tiny_checkpoints):
+    """A tiny U-Net export (untrained) for runtime and predict tests."""
+    return _export_once(tiny_checkpoints["unet"])
+
+
+@pytest.fixture(scope="session")
+def resnet_onnx(tiny_checkpoints):
+    """A ResNet-18 export (untrained) for classification runtime tests."""
+    return _export_once(tiny_checkpoints["resnet18"])

@@ -18,26 +18,6 @@ from segdeploy.runtime.batch import collect_images, output_names, predict_files
 runner = CliRunner()
 
 
-def exported(checkpoint: Path) -> Path:
-    """Export a tiny checkpoint once per session (cached next to it, shared with other files)."""
-    out = checkpoint.with_suffix(".onnx")
-    if not out.exists():
-        from segdeploy.export import export_checkpoint
-
-        export_checkpoint(checkpoint, out=out, shapes=[(1, 16, 16)], providers=["cpu"])
-    return out
-
-
-@pytest.fixture(scope="module")
-def unet_onnx(tiny_checkpoints) -> Path:
-    return exported(tiny_checkpoints["unet"])
-
-
-@pytest.fixture(scope="module")
-def resnet_onnx(tiny_checkpoints) -> Path:
-    return exported(tiny_checkpoints["resnet18"])
-
-
 def write_image(path: Path, height: int, width: int, mode: str = "RGB", seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)

@@ -19,26 +19,6 @@ from segdeploy.runtime.preprocess import to_model_input
 FORBIDDEN = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim")
 
 
-def exported(checkpoint: Path) -> Path:
-    """Export a tiny checkpoint once per session (cached next to it, shared with other files)."""
-    out = checkpoint.with_suffix(".onnx")
-    if not out.exists():
-        from segdeploy.export import export_checkpoint
-
-        export_checkpoint(checkpoint, out=out, shapes=[(1, 16, 16)], providers=["cpu"])
-    return out
-
-
-@pytest.fixture(scope="module")
-def unet_onnx(tiny_checkpoints) -> Path:
-    return exported(tiny_checkpoints["unet"])
-
-
-@pytest.fixture(scope="module")
-def resnet_onnx(tiny_checkpoints) -> Path:
-    return exported(tiny_checkpoints["resnet18"])
-
-
 @pytest.fixture(scope="module")
 def unet(unet_onnx) -> SegmentationModel:
     return open_model(unet_onnx, provider="cpu")
