@@ -66,6 +66,7 @@ class BenchCase:
     height: int
     width: int
     onnx: Timing
+    io_binding: bool = False
     torch: Timing | None = None
     gflops: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -99,6 +100,7 @@ class BenchConfig:
     seconds: float = 3.0
     compare_torch: bool = True
     threads: int = 0
+    io_binding: tuple[bool, ...] = (False,)
 
 
 def time_calls(call, warmup: int, iters: int | None, seconds: float) -> list[float]:
@@ -171,7 +173,7 @@ def bench_case(
     batch: int,
     size: tuple[int, int],
     precision: str,
-    peak_gflops: float | None = None,
+    io_binding: bool = False,
 ) -> BenchCase:
     """Measure one case: ONNX Runtime, then PyTorch eager on the same input."""
     height, width = size
@@ -185,9 +187,11 @@ def bench_case(
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, card.in_channels, height, width), dtype=np.float32)
     input_name = session.get_inputs()[0].name
-    onnx_samples = time_calls(
-        lambda: session.run(None, {input_name: x}), config.warmup, config.iters, config.seconds
-    )
+    if io_binding:
+        run = _bound_runner(session, x, config.provider)
+    else:
+        run = lambda: session.run(None, {input_name: x})  # noqa: E731
+    onnx_samples = time_calls(run, config.warmup, config.iters, config.seconds)
     case = BenchCase(
         model=path.name,
         arch=card.arch,
@@ -197,10 +201,26 @@ def bench_case(
         height=height,
         width=width,
         onnx=Timing.from_samples(onnx_samples, batch),
+        io_binding=io_binding,
     )
     if config.compare_torch:
         case.torch = _bench_torch(card, config, x, precision, case.notes)
     return case
+
+
+def _bound_runner(session: ort.InferenceSession, x: np.ndarray, provider: str):
+    """A call that runs ``session`` with input and output kept on the provider's device.
+
+    The input is copied to the device once, before timing (as an application keeping frames on
+    the GPU would); the output stays there. This measures the model, not host/device copies.
+    """
+    device = "cuda" if provider == "cuda" else "cpu"
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(
+        session.get_inputs()[0].name, ort.OrtValue.ortvalue_from_numpy(x, device, 0)
+    )
+    binding.bind_output(session.get_outputs()[0].name, device, 0)
+    return lambda: session.run_with_iobinding(binding)
 
 
 def _bench_torch(card: ModelCard, config: BenchConfig, x: np.ndarray, precision: str, notes):
@@ -292,8 +312,9 @@ def draw_chart(cases: list[BenchCase], path: Path) -> Path:
     for i, (case, engine, ms) in enumerate(rows):
         y = top + i * row_h
         label = (
-            f"{case.arch} {case.precision} b{case.batch} {case.height}x{case.width} "
-            f"{case.provider} / {engine}"
+            f"{case.model.removesuffix('.onnx')} {case.precision} b{case.batch} "
+            f"{case.height}x{case.width} {case.provider}{' iob' if case.io_binding else ''}"
+            f" / {engine}"
         )
         draw.text((10, y + 4), label, fill="black")
         width = max(1, int(bar_w * ms / longest))
@@ -318,9 +339,13 @@ def run_bench(config: BenchConfig, progress=None) -> tuple[list[BenchCase], dict
             for size in config.sizes or default_sizes(card):
                 gflops = count_gflops(card, *size)
                 for batch in config.batches:
-                    if progress:
-                        progress(f"{path.name} {precision} batch {batch} {size[0]}x{size[1]}")
-                    case = bench_case(path, card, config, batch, size, precision)
-                    case.gflops = gflops
-                    cases.append(case)
+                    for bound in config.io_binding:
+                        if progress:
+                            progress(
+                                f"{path.name} {precision} batch {batch} {size[0]}x{size[1]}"
+                                f"{' io-binding' if bound else ''}"
+                            )
+                        case = bench_case(path, card, config, batch, size, precision, bound)
+                        case.gflops = gflops
+                        cases.append(case)
     return cases, env

@@ -24,8 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Rich assumes 80 columns when output is piped or captured; tables of numbers need more.
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 def user_errors(command):
@@ -180,7 +180,7 @@ def print_bench_table(cases, env) -> None:
         title=f"segdeploy bench on {env['provider']} ({env['cpu']}, {env['cpu_count']} cores)",
         title_justify="left",
     )
-    columns = ["model", "prec", "batch", "size", "ORT p50", "p90", "p99", "img/s"]
+    columns = ["model", "prec", "batch", "size", "iob", "ORT p50", "p90", "p99", "img/s"]
     columns += ["torch p50", "speedup", "GFLOP", "GFLOP/s"]
     columns += ["% peak"] if peak else []
     for column in columns:
@@ -191,6 +191,7 @@ def print_bench_table(cases, env) -> None:
             c.precision,
             str(c.batch),
             f"{c.height}x{c.width}",
+            "yes" if c.io_binding else "no",
             f"{c.onnx.p50_ms:.2f}",
             f"{c.onnx.p90_ms:.2f}",
             f"{c.onnx.p99_ms:.2f}",
@@ -227,6 +228,9 @@ def bench(
     seconds: Annotated[float, typer.Option(help="Time budget per engine and case.")] = 3.0,
     torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Compare PyTorch.")] = True,
     threads: Annotated[int, typer.Option(help="CPU threads, 0 = all cores.")] = 0,
+    io_binding: Annotated[
+        bool, typer.Option(help="Also measure with input and output bound on the device.")
+    ] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the JSON here.")
     ] = None,
@@ -269,6 +273,7 @@ def bench(
         seconds=seconds,
         compare_torch=torch,
         threads=threads,
+        io_binding=(False, True) if io_binding else (False,),
     )
     with console.status("benchmarking") as status:
         cases, env = run_bench(config, progress=lambda text: status.update(f"benchmarking {text}"))

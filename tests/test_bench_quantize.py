@@ -47,6 +47,18 @@ def test_bench_writes_json_and_chart_with_percentiles(trained_export, tmp_path):
         assert case["gflops"] > 0
 
 
+def test_bench_measures_with_and_without_io_binding(trained_export, tmp_path):
+    out = tmp_path / "results"
+    args = ["bench", str(trained_export), "--size", "32x32", "--io-binding", "--no-torch"]
+    args += ["--warmup", "1", "--iters", "3", "--results", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (json_path,) = out.glob("*.json")
+    cases = json.loads(json_path.read_text())["cases"]
+    assert [c["io_binding"] for c in cases] == [False, True]
+    assert all(c["torch"] is None and c["onnx"]["iterations"] == 3 for c in cases)
+
+
 @pytest.mark.skipif("cuda" in usable_providers(), reason="this machine has a usable CUDA")
 def test_bench_on_cuda_without_a_gpu_exits_2(trained_export):
     result = runner.invoke(app, ["bench", str(trained_export), "--provider", "cuda"])
