@@ -197,6 +197,18 @@ def attach_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
         prop.key, prop.value = key, value
 
 
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX file, or raise one :class:`SegdeployError` sentence naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegdeployError(f"ONNX file {path} does not exist")
+    try:
+        return onnx.load(path)
+    except Exception as err:  # protobuf raises DecodeError and others for truncated/garbage files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SegdeployError(f"{path} is not a readable ONNX model ({first})") from None
+
+
 def read_card(model: onnx.ModelProto, source: str) -> ModelCard:
     """The model card stored in an ONNX model's ``metadata_props``."""
     props = {p.key: p.value for p in model.metadata_props}
@@ -401,12 +413,7 @@ def verify_export(
 ) -> ParityReport:
     """Run the parity check of an existing export against its checkpoint, on demand."""
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise SegdeployError(f"ONNX file {onnx_path} does not exist")
-    try:
-        onnx_model = onnx.load(onnx_path)
-    except Exception as err:
-        raise SegdeployError(f"{onnx_path} is not a readable ONNX model ({err})") from None
+    onnx_model = load_onnx(onnx_path)
     onnx_card = read_card(onnx_model, str(onnx_path))
     model, card = load_checkpoint(checkpoint)
     if (onnx_card.arch, onnx_card.class_names) != (card.arch, card.class_names):

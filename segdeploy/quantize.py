@@ -26,7 +26,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from segdeploy.card import ModelCard
 from segdeploy.errors import SegdeployError
-from segdeploy.export import attach_metadata, read_card
+from segdeploy.export import attach_metadata, load_onnx, read_card
 from segdeploy.fileio import atomic_write
 from segdeploy.metrics import ConfusionMatrix
 from segdeploy.runtime.session import SessionOptions, create_session
@@ -128,10 +128,8 @@ def quantize_int8(
         SegdeployError: unreadable input, or an accuracy drop above ``max_drop`` (no file left).
     """
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise SegdeployError(f"ONNX file {onnx_path} does not exist")
+    model = load_onnx(onnx_path)
     out = Path(out) if out else onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
-    model = onnx.load(onnx_path)
     card = read_card(model, str(onnx_path))
     size = size or int(card.training.get("img_size", 128))
     calib_images, _ = labelled_samples(card, calib, samples, size, seed=1)
@@ -196,10 +194,8 @@ def convert_fp16(onnx_path: str | Path, out: str | Path | None = None) -> Path:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise SegdeployError(f"ONNX file {onnx_path} does not exist")
+    model = load_onnx(onnx_path)
     out = Path(out) if out else onnx_path.with_name(f"{onnx_path.stem}.fp16.onnx")
-    model = onnx.load(onnx_path)
     read_card(model, str(onnx_path))
     half = convert_float_to_float16(
         model,
@@ -218,7 +214,7 @@ def precision_parity(
     from segdeploy.export import CONTRACTS
     from segdeploy.parity import CaseReport, ParityReport, compare_values
 
-    card = read_card(onnx.load(reference_path), str(reference_path))
+    card = read_card(load_onnx(reference_path), str(reference_path))
     tolerance = CONTRACTS[card.task].tolerances[precision]
     report = ParityReport(model=Path(variant_path).name, tolerance=tolerance)
     sessions = [

@@ -27,13 +27,27 @@ def trained_export(tmp_path_factory):
     return onnx_path
 
 
-def test_bench_writes_json_and_chart_with_percentiles(trained_export, tmp_path):
-    out = tmp_path / "results"
-    args = ["bench", str(trained_export), "--size", "64x64", "--batch", "1,2"]
-    args += ["--warmup", "1", "--iters", "5", "--results", str(out)]
-    result = runner.invoke(app, args)
+def run_bench(onnx_path, results, *args):
+    """Run ``segdeploy bench`` into ``results``; return the one JSON file it wrote."""
+    result = runner.invoke(app, ["bench", str(onnx_path), *args, "--results", str(results)])
     assert result.exit_code == 0, result.output
-    (json_path,) = out.glob("*.json")
+    (json_path,) = results.glob("*.json")
+    return json_path
+
+
+def test_bench_writes_json_and_chart_with_percentiles(trained_export, tmp_path):
+    json_path = run_bench(
+        trained_export,
+        tmp_path,
+        "--size",
+        "64x64",
+        "--batch",
+        "1,2",
+        "--warmup",
+        "1",
+        "--iters",
+        "5",
+    )
     assert json_path.with_suffix(".png").is_file()
     data = json.loads(json_path.read_text())
     assert data["environment"]["provider"] == "cpu"
@@ -48,12 +62,18 @@ def test_bench_writes_json_and_chart_with_percentiles(trained_export, tmp_path):
 
 
 def test_bench_measures_with_and_without_io_binding(trained_export, tmp_path):
-    out = tmp_path / "results"
-    args = ["bench", str(trained_export), "--size", "32x32", "--io-binding", "--no-torch"]
-    args += ["--warmup", "1", "--iters", "3", "--results", str(out)]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    (json_path,) = out.glob("*.json")
+    json_path = run_bench(
+        trained_export,
+        tmp_path,
+        "--size",
+        "32x32",
+        "--io-binding",
+        "--no-torch",
+        "--warmup",
+        "1",
+        "--iters",
+        "3",
+    )
     cases = json.loads(json_path.read_text())["cases"]
     assert [c["io_binding"] for c in cases] == [False, True]
     assert all(c["torch"] is None and c["onnx"]["iterations"] == 3 for c in cases)
@@ -142,3 +162,13 @@ def test_fp16_variant_keeps_fp32_io_and_agrees(trained_export):
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer)
     report = precision_parity(trained_export, half, "fp16", _synthetic_images())
     assert report.passed, report.failures()
+
+
+@pytest.mark.parametrize("command", ["quantize", "convert-fp16"])
+def test_unreadable_onnx_is_one_sentence(command, tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    result = runner.invoke(app, [command, str(garbage)])
+    assert result.exit_code == 1
+    assert "garbage.onnx is not a readable ONNX model" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
