@@ -28,6 +28,8 @@ from segdeploy.runtime import open_model
 from segdeploy.runtime.session import SessionOptions, create_session, session_provider
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# Where run_bench records the peak each precision is read against (CPU runs only).
+PEAK_KEYS = {"fp32": "matmul_peak_gflops_per_s", "int8": "int8_matmul_peak_gops_per_s"}
 
 
 @dataclass
@@ -131,6 +133,45 @@ def measure_matmul_peak(threads: int = 0, size: int = 2048, repeats: int = 10) -
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+def measure_int8_matmul_peak(threads: int = 0, size: int = 2048, repeats: int = 10) -> float:
+    """8-bit matrix-multiply GOP/s of this machine through ONNX Runtime (best of N).
+
+    A one-node ``MatMulInteger`` graph, uint8 activations x int8 weights: the same MLAS integer
+    GEMM that ``QLinearConv`` uses, so INT8 models can be read against it as FP32 models are read
+    against :func:`measure_matmul_peak`. Their ratio is the most INT8 can gain on this CPU.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = rng.integers(-127, 128, (size, size), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])],
+        "int8_matmul_peak",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [size, size])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [size, size])],
+        [numpy_helper.from_array(weights, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    session = create_session(
+        model.SerializeToString(), SessionOptions(provider="cpu", intra_op_threads=threads)
+    )
+    feed = {"A": rng.integers(0, 256, (size, size), dtype=np.uint8)}
+    session.run(None, feed)
+    best = min(time_calls(lambda: session.run(None, feed), warmup=0, iters=repeats, seconds=0))
+    return 2 * size**3 / best / 1e9
+
+
+def share_of_peak(case: BenchCase, env: dict[str, Any]) -> float | None:
+    """Achieved GFLOP/s as a fraction of the matching peak measured in the same run, if any.
+
+    FP32 cases are read against the FP32 matrix-multiply peak and INT8 cases against the 8-bit
+    one; FP16 (a GPU precision) has no CPU peak to compare with.
+    """
+    peak = env.get(PEAK_KEYS.get(case.precision, ""))
+    achieved = case.achieved_gflops_per_s
+    return achieved / peak if peak and achieved else None
 
 
 def count_gflops(card: ModelCard, height: int, width: int) -> float:
@@ -289,7 +330,8 @@ def write_results(cases: list[BenchCase], env: dict[str, Any], folder: Path) -> 
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = folder / f"{stamp}-{env['provider']}.json"
-    payload = {"environment": env, "cases": [c.to_dict() for c in cases]}
+    rows = [{**c.to_dict(), "share_of_peak": share_of_peak(c, env)} for c in cases]
+    payload = {"environment": env, "cases": rows}
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
 
@@ -331,7 +373,9 @@ def run_bench(config: BenchConfig, progress=None) -> tuple[list[BenchCase], dict
         torch.set_num_threads(config.threads)
     env = environment(config.provider)
     if config.provider == "cpu":
-        env["matmul_peak_gflops_per_s"] = measure_matmul_peak(config.threads)
+        env[PEAK_KEYS["fp32"]] = measure_matmul_peak(config.threads)
+        if "int8" in config.precisions:
+            env[PEAK_KEYS["int8"]] = measure_int8_matmul_peak(config.threads)
     cases = []
     for path in config.models:
         card = open_model(path, provider="cpu").card

@@ -175,14 +175,17 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 def print_bench_table(cases, env) -> None:
-    peak = env.get("matmul_peak_gflops_per_s")
+    from segdeploy.bench import PEAK_KEYS, share_of_peak
+
+    fp32_peak = env.get(PEAK_KEYS["fp32"])
+    int8_peak = env.get(PEAK_KEYS["int8"])
     table = Table(
         title=f"segdeploy bench on {env['provider']} ({env['cpu']}, {env['cpu_count']} cores)",
         title_justify="left",
     )
     columns = ["model", "prec", "batch", "size", "iob", "ORT p50", "p90", "p99", "img/s"]
     columns += ["torch p50", "speedup", "GFLOP", "GFLOP/s"]
-    columns += ["% peak"] if peak else []
+    columns += ["% peak"] if fp32_peak else []
     for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for c in cases:
@@ -201,15 +204,19 @@ def print_bench_table(cases, env) -> None:
             f"{c.gflops:.2f}" if c.gflops is not None else "-",
             f"{c.achieved_gflops_per_s:.1f}" if c.achieved_gflops_per_s else "-",
         ]
-        if peak:
-            achieved = c.achieved_gflops_per_s
-            # The peak is an FP32 matrix multiply: a share of it only means something for FP32.
-            fp32 = c.precision == "fp32"
-            row.append(f"{100 * achieved / peak:.0f}%" if achieved and fp32 else "-")
+        if fp32_peak:
+            share = share_of_peak(c, env)
+            row.append(f"{100 * share:.0f}%" if share else "-")
         table.add_row(*row)
     console.print(table)
-    if peak:
-        console.print(f"matrix-multiply peak measured in this run: {peak:.0f} GFLOP/s (fp32)")
+    if fp32_peak:
+        console.print(f"matrix-multiply peak measured in this run: {fp32_peak:.0f} GFLOP/s (fp32)")
+    if fp32_peak and int8_peak:
+        console.print(
+            f"8-bit matrix-multiply peak (ONNX Runtime MatMulInteger): {int8_peak:.0f} GOP/s, "
+            f"so INT8 can gain at most about {int8_peak / fp32_peak:.1f}x over FP32 on this CPU; "
+            "int8 rows' % peak is of this one"
+        )
 
 
 @user_errors

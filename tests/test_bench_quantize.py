@@ -103,28 +103,37 @@ def _synthetic_images(count=8, size=64):
     return _normalise(images, card)
 
 
-def test_int8_keeps_the_card_and_agrees_with_fp32(trained_export):
+@pytest.fixture(scope="module")
+def int8_export(trained_export):
+    """``segdeploy quantize`` of the trained tiny U-Net, next to it as ``unet.int8.onnx``."""
+    args = ["quantize", str(trained_export), "--samples", "16", "--eval-samples", "16"]
+    result = runner.invoke(app, [*args, "--max-drop", "100"])
+    assert result.exit_code == 0, result.output
+    return trained_export.with_name("unet.int8.onnx")
+
+
+def test_int8_keeps_the_card_and_agrees_with_fp32(trained_export, int8_export):
     from segdeploy.quantize import precision_parity
     from segdeploy.runtime import open_model
 
-    result = runner.invoke(
-        app,
-        [
-            "quantize",
-            str(trained_export),
-            "--samples",
-            "16",
-            "--eval-samples",
-            "16",
-            "--max-drop",
-            "100",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    int8 = trained_export.with_name("unet.int8.onnx")
-    assert open_model(int8, provider="cpu").card.arch == "unet"
-    report = precision_parity(trained_export, int8, "int8", _synthetic_images())
+    assert open_model(int8_export, provider="cpu").card.arch == "unet"
+    report = precision_parity(trained_export, int8_export, "int8", _synthetic_images())
     assert report.passed, report.failures()
+
+
+def test_bench_reads_int8_against_the_8bit_peak(trained_export, int8_export, tmp_path):
+    args = ["--precision", "fp32,int8", "--size", "64x64", "--no-torch", "--iters", "3"]
+    data = json.loads(run_bench(trained_export, tmp_path, *args).read_text())
+    env = data["environment"]
+    assert env["int8_matmul_peak_gops_per_s"] > 0 and env["matmul_peak_gflops_per_s"] > 0
+    assert [c["precision"] for c in data["cases"]] == ["fp32", "int8"]
+    fp32, int8 = data["cases"]
+    assert fp32["share_of_peak"] == pytest.approx(
+        fp32["achieved_gflops_per_s"] / env["matmul_peak_gflops_per_s"]
+    )
+    assert int8["share_of_peak"] == pytest.approx(
+        int8["achieved_gflops_per_s"] / env["int8_matmul_peak_gops_per_s"]
+    )
 
 
 def test_int8_accuracy_gate_refuses_and_leaves_no_file(trained_export, tmp_path):
