@@ -414,6 +414,9 @@ def predict(
     from segdeploy.runtime.batch import collect_images, plan_outputs, predict_files
 
     model = open_model(model_path, provider=provider, threads=threads)
+    if overlay and model.card.task == "classification":
+        err_console.print("--overlay draws segmentation masks; a classifier writes only its CSV")
+        overlay = False
     paths = collect_images(inputs, exclude=out)
     plan_outputs(model, paths, out, overlay)  # refuse to overwrite inputs before the bar starts
     console.print(

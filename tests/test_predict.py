@@ -100,8 +100,10 @@ def test_predict_library_reports_failures_and_rates(unet_onnx, photos, tmp_path)
 
 def test_predict_classification_writes_one_csv(resnet_onnx, photos, tmp_path):
     out = tmp_path / "labels"
-    result = runner.invoke(app, ["predict", str(resnet_onnx), str(photos), "--out", str(out)])
+    args = ["predict", str(resnet_onnx), str(photos), "--out", str(out), "--overlay"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "--overlay draws segmentation masks" in result.output
     with (out / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [Path(r["path"]).name for r in rows] == ["a.png", "b.jpg", "c.png"]
