@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,10 +366,51 @@ def draw_chart(cases: list[BenchCase], path: Path) -> Path:
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def run_bench(config: BenchConfig, progress=None) -> tuple[list[BenchCase], dict[str, Any]]:
-    """Every (model x precision x batch x size) case; ``progress(description)`` is called first."""
+@dataclass(frozen=True)
+class PlannedCase:
+    """One case :func:`run_bench` will measure, known before any timing starts."""
+
+    path: Path
+    card: ModelCard
+    precision: str
+    batch: int
+    size: tuple[int, int]
+    io_binding: bool
+
+    def describe(self) -> str:
+        bound = " io-binding" if self.io_binding else ""
+        h, w = self.size
+        return f"{self.path.name} {self.precision} batch {self.batch} {h}x{w}{bound}"
+
+
+def plan_cases(config: BenchConfig) -> list[PlannedCase]:
+    """Every (model x precision x size x batch x binding) case, in the order they are run.
+
+    Reads each model card and checks that every precision variant exists, so that a missing
+    ``x.int8.onnx`` is reported before minutes of benchmarking, not after.
+
+    Raises:
+        SegdeployError: an unreadable model or a missing precision variant.
+    """
+    planned = []
+    for path in config.models:
+        card = open_model(path, provider="cpu").card
+        for precision in config.precisions:
+            _onnx_for_precision(path, precision)
+            for size in config.sizes or default_sizes(card):
+                for batch in config.batches:
+                    for bound in config.io_binding:
+                        planned.append(PlannedCase(path, card, precision, batch, size, bound))
+    return planned
+
+
+def run_bench(
+    config: BenchConfig, progress: Callable[[PlannedCase], None] | None = None
+) -> tuple[list[BenchCase], dict[str, Any]]:
+    """Measure every planned case; ``progress(case)`` is called before each one starts."""
     import torch
 
+    planned = plan_cases(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     env = environment(config.provider)
@@ -376,20 +418,17 @@ def run_bench(config: BenchConfig, progress=None) -> tuple[list[BenchCase], dict
         env[PEAK_KEYS["fp32"]] = measure_matmul_peak(config.threads)
         if "int8" in config.precisions:
             env[PEAK_KEYS["int8"]] = measure_int8_matmul_peak(config.threads)
+    gflops: dict[tuple[str, tuple[int, int]], float] = {}  # counted once per model and size
     cases = []
-    for path in config.models:
-        card = open_model(path, provider="cpu").card
-        for precision in config.precisions:
-            for size in config.sizes or default_sizes(card):
-                gflops = count_gflops(card, *size)
-                for batch in config.batches:
-                    for bound in config.io_binding:
-                        if progress:
-                            progress(
-                                f"{path.name} {precision} batch {batch} {size[0]}x{size[1]}"
-                                f"{' io-binding' if bound else ''}"
-                            )
-                        case = bench_case(path, card, config, batch, size, precision, bound)
-                        case.gflops = gflops
-                        cases.append(case)
+    for plan in planned:
+        if progress:
+            progress(plan)
+        case = bench_case(
+            plan.path, plan.card, config, plan.batch, plan.size, plan.precision, plan.io_binding
+        )
+        key = (str(plan.path), plan.size)
+        if key not in gflops:
+            gflops[key] = count_gflops(plan.card, *plan.size)
+        case.gflops = gflops[key]
+        cases.append(case)
     return cases, env

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segdeploy.errors import SegdeployError
+from segdeploy.fileio import atomic_write
 
 app = typer.Typer(
     help="Train vision models, export them to ONNX with a parity gate, and run them anywhere.",
@@ -255,7 +256,9 @@ def bench(
             f"it on this machine (usable: {', '.join(usable_providers())})"
         )
         raise typer.Exit(2)
-    from segdeploy.bench import BenchConfig, draw_chart, run_bench, write_results
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from segdeploy.bench import BenchConfig, draw_chart, plan_cases, run_bench, write_results
     from segdeploy.export import parse_shapes
 
     precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
@@ -282,13 +285,23 @@ def bench(
         threads=threads,
         io_binding=(False, True) if io_binding else (False,),
     )
-    with console.status("benchmarking") as status:
-        cases, env = run_bench(config, progress=lambda text: status.update(f"benchmarking {text}"))
+    total = len(plan_cases(config))  # also refuses missing int8/fp16 variants before timing
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("measuring the matrix-multiply peak", total=total)
+        started = 0
+
+        def starting(case) -> None:  # called before each case: the ones before it are done
+            nonlocal started
+            bar.update(task, completed=started, description=case.describe())
+            started += 1
+
+        cases, env = run_bench(config, progress=starting)
     print_bench_table(cases, env)
     out = write_results(cases, env, results)
     chart = draw_chart(cases, out.with_suffix(".png"))
     if json_path:
-        json_path.write_text(out.read_text())
+        atomic_write(json_path, lambda tmp: tmp.write_text(out.read_text()))
     console.print(f"wrote {out} and {chart}")
 
 

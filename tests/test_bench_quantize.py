@@ -86,6 +86,24 @@ def test_bench_on_cuda_without_a_gpu_exits_2(trained_export):
     assert "cannot use it on this machine" in result.output
 
 
+def test_bench_refuses_a_missing_variant_before_timing_anything(trained_export, tmp_path):
+    lone = tmp_path / "lone.onnx"  # no lone.int8.onnx beside it
+    lone.write_bytes(trained_export.read_bytes())
+    results = tmp_path / "results"
+    args = ["bench", str(lone), "--precision", "fp32,int8", "--results", str(results)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "no int8 variant" in result.output and "segdeploy quantize" in result.output
+    assert not results.exists()
+
+
+def test_bench_json_copy(trained_export, tmp_path):
+    copy = tmp_path / "nested" / "copy.json"
+    args = ["--size", "32x32", "--no-torch", "--iters", "2", "--json", str(copy)]
+    json_path = run_bench(trained_export, tmp_path / "results", *args)
+    assert json.loads(copy.read_text()) == json.loads(json_path.read_text())
+
+
 def test_bench_bad_input(tmp_path):
     result = runner.invoke(app, ["bench", str(tmp_path / "none.onnx")])
     assert result.exit_code == 1 and "does not exist" in result.output
