@@ -269,11 +269,9 @@ def _bench_torch(card: ModelCard, config: BenchConfig, x: np.ndarray, precision:
     import torch
 
     device = "cuda" if config.provider == "cuda" else "cpu"
-    # Eager FP16 is the fair partner of ORT FP16 on a GPU; INT8 has no eager counterpart here,
-    # so INT8 is compared with eager FP32 (what users run otherwise).
-    half = precision == "fp16" and device == "cuda"
-    if precision == "int8":
-        notes.append("PyTorch eager runs FP32 (no eager INT8 counterpart)")
+    half = eager_precision(precision, config.provider) == "fp16"
+    if precision != "fp32" and not half:
+        notes.append(f"PyTorch eager runs FP32 (no eager {precision} counterpart here)")
     model = _torch_model(card, device, half)
     tensor = torch.from_numpy(x).to(device)
     tensor = tensor.half() if half else tensor
@@ -336,33 +334,57 @@ def write_results(cases: list[BenchCase], env: dict[str, Any], folder: Path) -> 
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
 
-def draw_chart(cases: list[BenchCase], path: Path) -> Path:
-    """A horizontal bar chart of p50 latency, ONNX Runtime against PyTorch, one group per case.
+def eager_precision(precision: str, provider: str) -> str:
+    """The precision PyTorch eager runs beside an ONNX Runtime case.
 
-    Drawn with Pillow so that benchmarking needs no plotting library.
+    Eager FP16 is the fair partner of ORT FP16 on a GPU; INT8 (and FP16 on a CPU) have no eager
+    counterpart worth timing, so those are compared with eager FP32, what users run otherwise.
     """
-    from PIL import Image, ImageDraw
+    return "fp16" if precision == "fp16" and provider == "cuda" else "fp32"
 
-    rows = [(c, "onnxruntime", c.onnx.p50_ms) for c in cases]
-    rows += [(c, "pytorch eager", c.torch.p50_ms) for c in cases if c.torch]
-    rows.sort(key=lambda r: (cases.index(r[0]), r[1]))
-    longest = max((r[2] for r in rows), default=1.0)
-    label_w, bar_w, row_h, top = 360, 520, 22, 40
-    image = Image.new("RGB", (label_w + bar_w + 120, top + row_h * len(rows) + 20), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((10, 10), "p50 latency per batch (ms), shorter is faster", fill="black")
+
+def draw_chart(cases: list[BenchCase], path: Path) -> Path:
+    """A bar chart of p50 latency: per case, ONNX Runtime against PyTorch eager and the speedup.
+
+    Each case is scaled on its own, so a 20 ms model stays readable beside a 500 ms one; the
+    numbers are printed on the bars. Drawn with Pillow so that benchmarking needs no plotting
+    library.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=14)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        font = ImageFont.load_default()
     colours = {"onnxruntime": (31, 119, 180), "pytorch eager": (255, 127, 14)}
-    for i, (case, engine, ms) in enumerate(rows):
-        y = top + i * row_h
-        label = (
-            f"{case.model.removesuffix('.onnx')} {case.precision} b{case.batch} "
-            f"{case.height}x{case.width} {case.provider}{' iob' if case.io_binding else ''}"
-            f" / {engine}"
+    label_w, bar_w, row_h, header_h, gap, top = 190, 560, 22, 24, 12, 44
+    group_h = header_h + 2 * row_h + gap
+    image = Image.new("RGB", (label_w + bar_w + 110, top + group_h * len(cases) + 8), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 12), "p50 latency per batch (ms), shorter is faster", fill="black", font=font)
+    for i, case in enumerate(cases):
+        y = top + i * group_h
+        bound = "  io-binding" if case.io_binding else ""
+        title = (
+            f"{case.model.removesuffix('.onnx')}  {case.precision}  batch {case.batch}  "
+            f"{case.height}x{case.width}  {case.provider}{bound}"
         )
-        draw.text((10, y + 4), label, fill="black")
-        width = max(1, int(bar_w * ms / longest))
-        draw.rectangle([label_w, y + 3, label_w + width, y + row_h - 3], fill=colours[engine])
-        draw.text((label_w + width + 6, y + 4), f"{ms:.1f}", fill="black")
+        if case.speedup:
+            title += f"  |  ONNX Runtime {case.speedup:.2f}x the speed of eager"
+        draw.text((10, y + 4), title, fill="black", font=font)
+        bars = [(f"onnxruntime {case.precision}", "onnxruntime", case.onnx.p50_ms)]
+        if case.torch:
+            eager = eager_precision(case.precision, case.provider)
+            bars.append((f"pytorch eager {eager}", "pytorch eager", case.torch.p50_ms))
+        longest = max(ms for _, _, ms in bars)
+        for j, (label, engine, ms) in enumerate(bars):
+            row_y = y + header_h + j * row_h
+            draw.text((24, row_y + 3), label, fill=(60, 60, 60), font=font)
+            width = max(1, int(bar_w * ms / longest))
+            draw.rectangle(
+                [label_w, row_y + 3, label_w + width, row_y + row_h - 3], fill=colours[engine]
+            )
+            draw.text((label_w + width + 6, row_y + 3), f"{ms:.1f}", fill="black", font=font)
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from segdeploy.cli import app
@@ -48,7 +49,8 @@ def test_bench_writes_json_and_chart_with_percentiles(trained_export, tmp_path):
         "--iters",
         "5",
     )
-    assert json_path.with_suffix(".png").is_file()
+    with Image.open(json_path.with_suffix(".png")) as chart:
+        assert chart.format == "PNG" and chart.height > 2 * 60  # a title and one group per case
     data = json.loads(json_path.read_text())
     assert data["environment"]["provider"] == "cpu"
     assert data["environment"]["matmul_peak_gflops_per_s"] > 0
