@@ -266,7 +266,9 @@ def bench(
     if unknown:
         raise SegdeployError(f"unknown precision {sorted(unknown)}; choose fp32, fp16, int8")
     paths = list(models or sorted(Path("exports").glob("*.onnx")))
-    paths = [p for p in paths if p.name.count(".") == 1]  # x.int8.onnx are variants, not models
+    # x.int8.onnx and x.fp16.onnx are variants that --precision picks, not models of their own.
+    variants = tuple(f".{p}.onnx" for p in ("fp16", "int8"))
+    paths = [p for p in paths if not p.name.endswith(variants)]
     if not paths:
         raise SegdeployError("no models to benchmark: pass ONNX files or export into exports/")
     for path in paths:

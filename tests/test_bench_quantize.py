@@ -99,6 +99,25 @@ def test_bench_refuses_a_missing_variant_before_timing_anything(trained_export, 
     assert not results.exists()
 
 
+def test_bench_without_models_takes_every_export_but_not_variants(
+    trained_export, int8_export, tmp_path, monkeypatch
+):
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "road.v2.onnx").write_bytes(trained_export.read_bytes())  # a dot in the name
+    (exports / "road.v2.int8.onnx").write_bytes(int8_export.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "--precision", "fp32,int8", "--size", "32x32", "--no-torch", "--iters", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (json_path,) = (tmp_path / "benchmarks" / "results").glob("*.json")
+    cases = json.loads(json_path.read_text())["cases"]
+    assert [(c["model"], c["precision"]) for c in cases] == [
+        ("road.v2.onnx", "fp32"),
+        ("road.v2.onnx", "int8"),
+    ]
+
+
 def test_bench_json_copy(trained_export, tmp_path):
     copy = tmp_path / "nested" / "copy.json"
     args = ["--size", "32x32", "--no-torch", "--iters", "2", "--json", str(copy)]
