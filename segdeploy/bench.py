@@ -408,22 +408,36 @@ class PlannedCase:
 def plan_cases(config: BenchConfig) -> list[PlannedCase]:
     """Every (model x precision x size x batch x binding) case, in the order they are run.
 
-    Reads each model card and checks that every precision variant exists, so that a missing
-    ``x.int8.onnx`` is reported before minutes of benchmarking, not after.
+    Reads each model card and checks the sizes against it and that every precision variant
+    exists, so that bad input is reported before minutes of benchmarking, not after.
 
     Raises:
-        SegdeployError: an unreadable model or a missing precision variant.
+        SegdeployError: an unreadable model, a size the model cannot take (not a multiple of
+            its card's ``size_multiple``) or a missing precision variant.
     """
     planned = []
     for path in config.models:
         card = open_model(path, provider="cpu").card
+        sizes = config.sizes or default_sizes(card)
+        for height, width in sizes:
+            multiple = card.size_multiple
+            if height % multiple or width % multiple:
+                raise SegdeployError(
+                    f"size {height}x{width}: {path.name} takes heights and widths that are "
+                    f"multiples of {multiple}, e.g. {_round_to(height, multiple)}x"
+                    f"{_round_to(width, multiple)}"
+                )
         for precision in config.precisions:
             _onnx_for_precision(path, precision)
-            for size in config.sizes or default_sizes(card):
+            for size in sizes:
                 for batch in config.batches:
                     for bound in config.io_binding:
                         planned.append(PlannedCase(path, card, precision, batch, size, bound))
     return planned
+
+
+def _round_to(value: int, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
 
 
 def run_bench(

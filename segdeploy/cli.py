@@ -233,9 +233,9 @@ def bench(
     precision: Annotated[str, typer.Option(help="fp32, fp16, int8 (comma-separated).")] = "fp32",
     warmup: Annotated[int, typer.Option(min=0)] = 5,
     iters: Annotated[int | None, typer.Option(min=1, help="Timed runs (else --seconds).")] = None,
-    seconds: Annotated[float, typer.Option(help="Time budget per engine and case.")] = 3.0,
+    seconds: Annotated[float, typer.Option(min=0.1, help="Time budget per engine and case.")] = 3.0,
     torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Compare PyTorch.")] = True,
-    threads: Annotated[int, typer.Option(help="CPU threads, 0 = all cores.")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads, 0 = all cores.")] = 0,
     io_binding: Annotated[
         bool, typer.Option(help="Also measure with input and output bound on the device.")
     ] = False,

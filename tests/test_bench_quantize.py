@@ -132,6 +132,14 @@ def test_bench_bad_input(tmp_path):
     assert result.exit_code == 1 and "int4" in result.output
 
 
+def test_bench_refuses_a_size_the_model_cannot_take(trained_export, tmp_path):
+    args = ["bench", str(trained_export), "--size", "100x100", "--results", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "multiples of 16, e.g. 96x96" in result.output
+    assert not list(tmp_path.iterdir())
+
+
 def _synthetic_images(count=8, size=64):
     from segdeploy.card import ModelCard
     from segdeploy.data import render_road_scene
