@@ -106,6 +106,20 @@ def evaluate_onnx(path_or_bytes, card: ModelCard, images: np.ndarray, labels: np
     return correct / len(images)
 
 
+#: Metadata key that marks a reduced-precision variant (absent on FP32 exports).
+PRECISION_KEY = "segdeploy.precision"
+
+
+def _require_fp32(model: onnx.ModelProto, path: Path, command: str) -> None:
+    """Refuse a variant as input: quantising an INT8 or FP16 graph again breaks or degrades it."""
+    precision = next((p.value for p in model.metadata_props if p.key == PRECISION_KEY), "fp32")
+    if precision != "fp32":
+        raise SegdeployError(
+            f"{path} is already an {precision} variant; {command} takes the FP32 export it was "
+            "made from"
+        )
+
+
 def quantize_int8(
     onnx_path: str | Path,
     out: str | Path | None = None,
@@ -129,6 +143,7 @@ def quantize_int8(
     """
     onnx_path = Path(onnx_path)
     model = load_onnx(onnx_path)
+    _require_fp32(model, onnx_path, "quantize")
     out = Path(out) if out else onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
     card = read_card(model, str(onnx_path))
     size = size or int(card.training.get("img_size", 128))
@@ -158,7 +173,7 @@ def quantize_int8(
     attach_metadata(
         int8_model,
         {p.key: p.value for p in model.metadata_props}
-        | {"segdeploy.precision": "int8", "segdeploy.calibration": f"{calib}, {samples} images"},
+        | {PRECISION_KEY: "int8", "segdeploy.calibration": f"{calib}, {samples} images"},
     )
     fp32 = evaluate_onnx(str(onnx_path), card, eval_images, eval_labels)
     int8 = evaluate_onnx(int8_model.SerializeToString(), card, eval_images, eval_labels)
@@ -195,6 +210,7 @@ def convert_fp16(onnx_path: str | Path, out: str | Path | None = None) -> Path:
 
     onnx_path = Path(onnx_path)
     model = load_onnx(onnx_path)
+    _require_fp32(model, onnx_path, "convert-fp16")
     out = Path(out) if out else onnx_path.with_name(f"{onnx_path.stem}.fp16.onnx")
     read_card(model, str(onnx_path))
     half = convert_float_to_float16(
@@ -202,7 +218,7 @@ def convert_fp16(onnx_path: str | Path, out: str | Path | None = None) -> Path:
         keep_io_types=True,
         op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_BLOCKED_OPS],
     )
-    attach_metadata(half, {"segdeploy.precision": "fp16"})
+    attach_metadata(half, {PRECISION_KEY: "fp16"})
     atomic_write(out, lambda tmp: onnx.save_model(half, tmp))
     return out
 

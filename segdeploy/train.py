@@ -131,7 +131,7 @@ def build_datasets(
 
     root = Path(config.data)
     if not root.is_dir():
-        raise SegdeployError(f"data folder {root} does not exist (or pass --data synthetic)")
+        raise SegdeployError(f"data folder {root} does not exist (or use 'synthetic')")
     has_split = (root / "train").is_dir() and (root / "val").is_dir()
     if task == "segmentation":
         names = _class_names_for_folder(root, config.classes)

@@ -183,6 +183,15 @@ def test_bench_reads_int8_against_the_8bit_peak(trained_export, int8_export, tmp
     )
 
 
+@pytest.mark.parametrize("command", ["quantize", "convert-fp16"])
+def test_a_variant_is_not_converted_again(command, int8_export, tmp_path):
+    out = tmp_path / "again.onnx"
+    result = runner.invoke(app, [command, str(int8_export), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "is already an int8 variant" in result.output and "FP32 export" in result.output
+    assert not out.exists()
+
+
 def test_int8_accuracy_gate_refuses_and_leaves_no_file(trained_export, tmp_path):
     out = tmp_path / "strict.int8.onnx"
     result = runner.invoke(
