@@ -348,7 +348,7 @@ def export(
     out: Annotated[
         Path | None, typer.Option(help="Output .onnx [default: exports/<name>.onnx].")
     ] = None,
-    opset: int = 18,
+    opset: Annotated[int, typer.Option(help="ONNX opset, 18 or later (dynamo exporter).")] = 18,
     simplify: Annotated[bool, typer.Option(help="Simplify with onnxsim.")] = True,
     force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     shapes: Annotated[

@@ -145,6 +145,15 @@ def to_onnx(model: nn.Module, card: ModelCard, opset: int = DEFAULT_OPSET) -> on
     except Exception as err:  # the exporter raises many internal types; report the first line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SegdeployError(f"torch.onnx.export failed for '{card.arch}': {first}") from None
+    produced = next(
+        o.version for o in program.model_proto.opset_import if o.domain in ("", "ai.onnx")
+    )
+    if produced != opset:
+        # Below 18 the exporter tries a version conversion and, when that fails, quietly keeps 18.
+        raise SegdeployError(
+            f"opset {opset} was asked for, but the exporter produced opset {produced} for "
+            f"'{card.arch}' (it cannot convert this graph); use opset 18 or later"
+        )
     return program.model_proto
 
 

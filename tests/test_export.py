@@ -97,6 +97,15 @@ def test_unwritable_output_folder(tiny_checkpoints, tmp_path):
     assert result.exit_code == 1 and "cannot write to folder" in result.output
 
 
+def test_an_opset_the_exporter_cannot_produce_is_refused(tiny_checkpoints, tmp_path):
+    out = tmp_path / "old.onnx"
+    args = ["export", str(tiny_checkpoints["unet"]), "--out", str(out), "--opset", "11"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "opset 11 was asked for, but the exporter produced opset 18" in result.output
+    assert not out.exists()
+
+
 def test_failed_parity_leaves_no_onnx_file(tiny_checkpoints, tmp_path, monkeypatch):
     import segdeploy.export as export_module
     from segdeploy.parity import Tolerance
