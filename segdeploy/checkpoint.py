@@ -53,7 +53,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor
                 "so it was refused"
             ) from None
         raise SegdeployError(f"{path} is not a readable checkpoint (not a PyTorch file)") from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as err:
+    except Exception as err:  # garbage gives BadZipFile, EOFError, KeyError, RuntimeError, ...
         raise SegdeployError(
             f"{path} is not a readable checkpoint (truncated or not a PyTorch file: {err})"
         ) from None

@@ -75,6 +75,7 @@ def test_verify_passes_and_catches_a_different_checkpoint(exported, tiny_checkpo
     ("make", "message"),
     [
         (lambda p: p.write_bytes(b"not a checkpoint"), "is not a readable checkpoint"),
+        (lambda p: p.write_bytes(b"hi\n"), "is not a readable checkpoint"),  # torch: KeyError
         (lambda p: None, "does not exist"),
     ],
 )

@@ -114,6 +114,16 @@ def test_predict_classification_writes_one_csv(resnet_onnx, photos, tmp_path):
     assert [p.name for p in out.iterdir()] == ["predictions.csv"]  # no temporary files left
 
 
+def test_output_folder_that_is_a_file(unet_onnx, photos, tmp_path):
+    blocker = tmp_path / "masks"
+    blocker.write_text("a file")
+    result = runner.invoke(app, ["predict", str(unet_onnx), str(photos), "--out", str(blocker)])
+    assert result.exit_code == 1
+    assert "expected a folder, found a file" in result.output
+    assert "predicting" not in result.output  # refused before any image was run
+    assert blocker.read_text() == "a file"
+
+
 def test_output_folder_inside_the_inputs(unet_onnx, photos):
     before = snapshot(photos)
     out = photos / "masks"

@@ -139,11 +139,13 @@ def plan_outputs(
     """The files :func:`predict_files` would write, checked before anything is written.
 
     Raises:
-        SegdeployError: an output would overwrite an input image, or two inputs would write the
-            same output.
+        SegdeployError: the output folder is a file, an output would overwrite an input image,
+            or two inputs would write the same output.
     """
     out_dir = Path(out_dir)
     paths = [Path(p) for p in paths]
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SegdeployError(f"output folder {out_dir}: expected a folder, found a file")
     if not isinstance(model, SegmentationModel):
         outputs = [out_dir / CSV_NAME]
     else:
