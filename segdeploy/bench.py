@@ -420,13 +420,7 @@ def plan_cases(config: BenchConfig) -> list[PlannedCase]:
         card = open_model(path, provider="cpu").card
         sizes = config.sizes or default_sizes(card)
         for height, width in sizes:
-            multiple = card.size_multiple
-            if height % multiple or width % multiple:
-                raise SegdeployError(
-                    f"size {height}x{width}: {path.name} takes heights and widths that are "
-                    f"multiples of {multiple}, e.g. {_round_to(height, multiple)}x"
-                    f"{_round_to(width, multiple)}"
-                )
+            card.require_size(height, width)
         for precision in config.precisions:
             _onnx_for_precision(path, precision)
             for size in sizes:
@@ -434,10 +428,6 @@ def plan_cases(config: BenchConfig) -> list[PlannedCase]:
                     for bound in config.io_binding:
                         planned.append(PlannedCase(path, card, precision, batch, size, bound))
     return planned
-
-
-def _round_to(value: int, multiple: int) -> int:
-    return max(multiple, round(value / multiple) * multiple)
 
 
 def run_bench(

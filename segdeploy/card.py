@@ -89,6 +89,23 @@ class ModelCard:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def require_size(self, height: int, width: int) -> None:
+        """Raise unless the model takes ``height x width`` inputs (multiples of ``size_multiple``).
+
+        For commands that run the graph at sizes the user chose (``--shapes``, ``--size``); the
+        runtime pads images instead.
+        """
+        multiple = self.size_multiple
+        if height % multiple or width % multiple:
+
+            def nearest(value: int) -> int:
+                return max(multiple, round(value / multiple) * multiple)
+
+            raise SegdeployError(
+                f"size {height}x{width}: '{self.arch}' takes heights and widths that are "
+                f"multiples of {multiple}, e.g. {nearest(height)}x{nearest(width)}"
+            )
+
     def replace(self, **changes: Any) -> ModelCard:
         """Return a copy with some fields changed (validated again)."""
         return ModelCard(**{**self.to_dict(), **changes})

@@ -343,6 +343,8 @@ def export_checkpoint(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     model, card = load_checkpoint(checkpoint)
+    for _, height, width in shapes or ():
+        card.require_size(height, width)  # bad --shapes are the user's error, not a parity failure
     # Fail on an unwritable folder now, not after a minute of exporting.
     atomic_write(out.with_name(f".{out.name}.probe"), lambda tmp: tmp.write_bytes(b""))
     out.with_name(f".{out.name}.probe").unlink()
@@ -430,4 +432,6 @@ def verify_export(
             f"{onnx_path} holds a '{onnx_card.arch}' with classes {list(onnx_card.class_names)} "
             f"but {checkpoint} holds a '{card.arch}' with {list(card.class_names)}"
         )
+    for _, height, width in shapes or ():
+        card.require_size(height, width)
     return check_parity(onnx_model, model, card, shapes, providers, name=onnx_path.name)

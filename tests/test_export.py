@@ -98,6 +98,20 @@ def test_unwritable_output_folder(tiny_checkpoints, tmp_path):
     assert result.exit_code == 1 and "cannot write to folder" in result.output
 
 
+def test_shapes_the_model_cannot_take_are_refused_before_exporting(
+    exported, tiny_checkpoints, tmp_path
+):
+    out = tmp_path / "m.onnx"
+    args = ["export", str(tiny_checkpoints["unet"]), "--out", str(out), "--shapes", "7x7"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "size 7x7: 'unet' takes heights and widths that are multiples of 16" in result.output
+    assert not list(tmp_path.iterdir())  # neither the export nor a parity report
+    args = ["verify", str(exported[0]), str(tiny_checkpoints["unet"]), "--shapes", "2x100x100"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "e.g. 96x96" in result.output
+
+
 def test_an_opset_the_exporter_cannot_produce_is_refused(tiny_checkpoints, tmp_path):
     out = tmp_path / "old.onnx"
     args = ["export", str(tiny_checkpoints["unet"]), "--out", str(out), "--opset", "11"]
