@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -82,6 +83,49 @@ def test_bench_measures_with_and_without_io_binding(trained_export, tmp_path):
 
 
 @pytest.mark.skipif("cuda" in usable_providers(), reason="this machine has a usable CUDA")
+def test_flop_count_matches_known_figures():
+    """GFLOP/s and % of peak are only as right as the count: check it against known numbers."""
+    from segdeploy.bench import count_gflops
+    from segdeploy.card import ModelCard
+
+    # torchvision's ResNet-18 at 224x224: 1.814 GMACs with a 1000-class head (published figure),
+    # 2 FLOPs per multiply-accumulate; a 4-class head removes 0.5 MMACs.
+    resnet = ModelCard(arch="resnet18", task="classification", class_names=("a", "b", "c", "d"))
+    assert count_gflops(resnet, 224, 224) == pytest.approx(2 * (1.814 - 0.0005), rel=0.01)
+    # Tiny U-Net (8..64): every convolution's MACs from its own shapes (out pixels x out channels
+    # x in channels x kernel), independent of FlopCounterMode's operator-level counting.
+    card = ModelCard(
+        arch="unet",
+        task="segmentation",
+        class_names=("a", "b"),
+        model_kwargs={"features": [8, 16, 32, 64]},
+    )
+    assert count_gflops(card, 64, 64) == pytest.approx(2 * _conv_macs(card, 64, 64) / 1e9)
+
+
+def _conv_macs(card, height, width):
+    import torch
+
+    from segdeploy.models import create_model
+
+    model = create_model(card.arch, card.num_classes, **card.model_kwargs).eval()
+    out_pixels = {}
+
+    def remember(module, inputs, output):
+        out_pixels[module] = output.shape[-2] * output.shape[-1]
+
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [conv.register_forward_hook(remember) for conv in convs]
+    with torch.inference_mode():
+        model(torch.zeros(1, card.in_channels, height, width))
+    for hook in hooks:
+        hook.remove()
+    return sum(
+        out_pixels[c] * c.out_channels * (c.in_channels // c.groups) * math.prod(c.kernel_size)
+        for c in convs
+    )
+
+
 def test_bench_on_cuda_without_a_gpu_exits_2(trained_export):
     result = runner.invoke(app, ["bench", str(trained_export), "--provider", "cuda"])
     assert result.exit_code == 2
