@@ -87,8 +87,9 @@ def create_session(
             return session
     if options.provider == "cuda":
         raise SegdeployError(
-            "CUDA was asked for but ONNX Runtime cannot run on it here "
-            f"(no usable GPU or CUDA libraries); providers available: {', '.join(available)}"
+            "CUDA was asked for but ONNX Runtime cannot run on it here (no usable GPU or CUDA "
+            f"libraries); this onnxruntime build has {', '.join(available)}, and only the CPU one "
+            "runs on this machine"
         )
     return ort.InferenceSession(
         source, sess_options=_ort_options(options), providers=[PROVIDER_NAMES["cpu"]]
