@@ -431,12 +431,17 @@ def plan_cases(config: BenchConfig) -> list[PlannedCase]:
 
 
 def run_bench(
-    config: BenchConfig, progress: Callable[[PlannedCase], None] | None = None
+    config: BenchConfig,
+    progress: Callable[[PlannedCase], None] | None = None,
+    planned: list[PlannedCase] | None = None,
 ) -> tuple[list[BenchCase], dict[str, Any]]:
-    """Measure every planned case; ``progress(case)`` is called before each one starts."""
+    """Measure every case of ``planned`` (default: :func:`plan_cases` of ``config``).
+
+    ``progress(case)`` is called before each case starts.
+    """
     import torch
 
-    planned = plan_cases(config)
+    planned = plan_cases(config) if planned is None else planned
     if config.threads:
         torch.set_num_threads(config.threads)
     env = environment(config.provider)

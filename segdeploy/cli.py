@@ -287,10 +287,10 @@ def bench(
         threads=threads,
         io_binding=(False, True) if io_binding else (False,),
     )
-    total = len(plan_cases(config))  # also refuses missing int8/fp16 variants before timing
+    planned = plan_cases(config)  # refuses bad sizes and missing variants before any timing
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("measuring the matrix-multiply peak", total=total)
+        task = bar.add_task("measuring the matrix-multiply peak", total=len(planned))
         started = 0
 
         def starting(case) -> None:  # called before each case: the ones before it are done
@@ -298,7 +298,7 @@ def bench(
             bar.update(task, completed=started, description=case.describe())
             started += 1
 
-        cases, env = run_bench(config, progress=starting)
+        cases, env = run_bench(config, progress=starting, planned=planned)
     print_bench_table(cases, env)
     out = write_results(cases, env, results)
     chart = draw_chart(cases, out.with_suffix(".png"))
