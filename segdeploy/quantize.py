@@ -233,10 +233,9 @@ def precision_parity(
     card = read_card(load_onnx(reference_path), str(reference_path))
     tolerance = CONTRACTS[card.task].tolerances[precision]
     report = ParityReport(model=Path(variant_path).name, tolerance=tolerance)
-    sessions = [
-        create_session(str(p), SessionOptions(provider="cpu"))
-        for p in (reference_path, variant_path)
-    ]
+    # The two sessions take turns: idle threads spinning would steal the other's cores.
+    options = SessionOptions(provider="cpu", allow_spinning=False)
+    sessions = [create_session(str(p), options) for p in (reference_path, variant_path)]
     name = sessions[0].get_inputs()[0].name
     for start in range(0, len(images), 4):
         batch = images[start : start + 4]

@@ -264,6 +264,15 @@ def test_providers_are_honest(unet_onnx):
         open_model(unet_onnx, provider="tpu")
 
 
+@pytest.mark.parametrize("allow_spinning", [True, False])
+def test_spinning_is_the_callers_choice(unet_onnx, allow_spinning):
+    model = open_model(unet_onnx, provider="cpu", allow_spinning=allow_spinning)
+    options = model._session.get_session_options()
+    entry = options.get_session_config_entry("session.intra_op.allow_spinning")
+    assert entry == ("1" if allow_spinning else "0")
+    assert model.predict(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30)
+
+
 def test_one_model_serves_many_threads(unet):
     images = [random_image(24 + 8 * (i % 3), 40 + 16 * (i % 2), seed=i) for i in range(8)]
     sequential = [(unet.predict(image), unet.logits(image)) for image in images]

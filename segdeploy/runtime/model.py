@@ -145,6 +145,7 @@ def open_model(
     std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
     device_id: int = 0,
+    allow_spinning: bool = True,
 ) -> SegmentationModel | ClassificationModel:
     """Open an ONNX export for inference.
 
@@ -154,6 +155,8 @@ def open_model(
             (CUDA when it really works, else CPU); ``model.provider`` tells which one runs.
         threads: CPU threads per operator; 0 lets ONNX Runtime use all cores.
         device_id: the CUDA device, when CUDA runs the model.
+        allow_spinning: keep ONNX Runtime's busy-waiting CPU threads; pass False when other
+            models or heavy work share the CPU in this process (see :class:`SessionOptions`).
         card: use this model card instead of the one stored in the file.
         mean, std, class_names: for an ONNX file without a segdeploy card, all three are needed;
             with a card they override its values.
@@ -170,7 +173,13 @@ def open_model(
         raise SegdeployError(f"ONNX file {path}: expected an existing file, found nothing")
     try:
         session = create_session(
-            path, SessionOptions(provider=provider, intra_op_threads=threads, device_id=device_id)
+            path,
+            SessionOptions(
+                provider=provider,
+                intra_op_threads=threads,
+                device_id=device_id,
+                allow_spinning=allow_spinning,
+            ),
         )
     except SegdeployError:
         raise

@@ -29,18 +29,27 @@ class SessionOptions:
         device_id: CUDA device.
         cudnn_conv_algo_search: ``HEURISTIC`` by default: ``EXHAUSTIVE`` re-benchmarks every
             convolution for each new input shape, which costs hundreds of ms when sizes vary.
+        allow_spinning: let idle CPU worker threads busy-wait for the next run (ONNX Runtime's
+            default). Alone, a model runs within a few percent either way; but when another
+            session or PyTorch computes in the same process between runs, the spinning threads
+            take its cores: on 2 cores two sessions taking turns ran 1.7-1.9x slower with
+            spinning (benchmarks/README.md). Turn it off when several engines share the CPU.
     """
 
     provider: str = "cpu"
     intra_op_threads: int = 0
     device_id: int = 0
     cudnn_conv_algo_search: str = "HEURISTIC"
+    allow_spinning: bool = True
 
 
 def _ort_options(options: SessionOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = options.intra_op_threads
+    so.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
+    )
     so.log_severity_level = 3  # provider fallback is reported by us, as an error, not a warning
     return so
 
