@@ -25,6 +25,7 @@ from segdeploy import __version__
 from segdeploy.card import ModelCard
 from segdeploy.errors import SegdeployError
 from segdeploy.fileio import atomic_write
+from segdeploy.opprofile import OpShare, profile_ops
 from segdeploy.runtime import open_model
 from segdeploy.runtime.session import SessionOptions, create_session, session_provider
 
@@ -73,6 +74,7 @@ class BenchCase:
     torch: Timing | None = None
     gflops: float | None = None
     notes: list[str] = field(default_factory=list)
+    op_profile: list[OpShare] | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -104,6 +106,7 @@ class BenchConfig:
     compare_torch: bool = True
     threads: int = 0
     io_binding: tuple[bool, ...] = (False,)
+    profile: bool = False
 
 
 def time_calls(call, warmup: int, iters: int | None, seconds: float) -> list[float]:
@@ -245,6 +248,11 @@ def bench_case(
         onnx=Timing.from_samples(onnx_samples, batch),
         io_binding=io_binding,
     )
+    if config.profile and not io_binding:
+        # A separate profiled session: the profiler's own overhead stays out of the timings.
+        del session
+        options = SessionOptions(provider=config.provider, intra_op_threads=config.threads)
+        case.op_profile = profile_ops(source, x, options)
     if config.compare_torch:
         case.torch = _bench_torch(card, config, x, precision, case.notes)
     return case

@@ -212,6 +212,18 @@ def print_bench_table(cases, env) -> None:
     console.print(table)
     if fp32_peak:
         console.print(f"matrix-multiply peak measured in this run: {fp32_peak:.0f} GFLOP/s (fp32)")
+    profiled = [c for c in cases if c.op_profile]
+    if profiled:
+        table = Table(title="where ONNX Runtime's kernel time goes", title_justify="left")
+        for column in ("model", "prec", "batch", "size", "operators (share of kernel time)"):
+            table.add_column(column, justify="left" if column != "batch" else "right")
+        for c in profiled:
+            top = ", ".join(f"{op.op_type} {op.share:.0%}" for op in c.op_profile[:4])
+            rest = sum(op.share for op in c.op_profile[4:])
+            top += f", other {rest:.0%}" if rest >= 0.005 else ""
+            size = f"{c.height}x{c.width}"
+            table.add_row(c.model.removesuffix(".onnx"), c.precision, str(c.batch), size, top)
+        console.print(table)
     if fp32_peak and int8_peak:
         console.print(
             f"8-bit matrix-multiply peak (ONNX Runtime MatMulInteger): {int8_peak:.0f} GOP/s, "
@@ -238,6 +250,9 @@ def bench(
     threads: Annotated[int, typer.Option(min=0, help="CPU threads, 0 = all cores.")] = 0,
     io_binding: Annotated[
         bool, typer.Option(help="Also measure with input and output bound on the device.")
+    ] = False,
+    profile: Annotated[
+        bool, typer.Option(help="Also profile ONNX Runtime: kernel time per operator type.")
     ] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the JSON here.")
@@ -286,6 +301,7 @@ def bench(
         compare_torch=torch,
         threads=threads,
         io_binding=(False, True) if io_binding else (False,),
+        profile=profile,
     )
     planned = plan_cases(config)  # refuses bad sizes and missing variants before any timing
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())

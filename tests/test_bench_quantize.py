@@ -126,6 +126,40 @@ def _conv_macs(card, height, width):
     )
 
 
+def test_bench_profile_splits_kernel_time_by_operator(trained_export, tmp_path):
+    args = ["--size", "64x64", "--no-torch", "--iters", "2", "--profile"]
+    json_path = run_bench(trained_export, tmp_path, *args)
+    (case,) = json.loads(json_path.read_text())["cases"]
+    ops = {op["op_type"]: op for op in case["op_profile"]}
+    assert sum(op["share"] for op in ops.values()) == pytest.approx(1.0)
+    # The tiny U-Net runs 19 convolutions per image (fused or not, their kernels say "Conv").
+    assert sum(op["calls_per_run"] for name, op in ops.items() if "Conv" in name) == 19
+    assert all(op["ms_per_run"] > 0 for op in ops.values())
+
+
+def test_profile_summary_leaves_out_the_first_run():
+    from segdeploy.opprofile import summarise
+
+    def kernel(op, ts, dur):
+        return {"cat": "Node", "name": f"n_{op}_kernel_time", "ts": ts, "dur": dur,
+                "args": {"op_name": op}}  # fmt: skip
+
+    events = [
+        {"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
+        kernel("Conv", 10, 90),  # the first run: allocation and kernel selection, left out
+        {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100},
+        kernel("Conv", 210, 30),
+        kernel("Concat", 250, 10),
+        {"cat": "Session", "name": "model_run", "ts": 400, "dur": 100},
+        kernel("Conv", 410, 50),
+        kernel("Concat", 470, 10),
+    ]
+    conv, concat = summarise(events, skip_runs=1)
+    assert (conv.op_type, conv.calls_per_run, conv.ms_per_run) == ("Conv", 1, 0.04)
+    assert (concat.op_type, concat.ms_per_run) == ("Concat", 0.01)
+    assert conv.share == pytest.approx(0.8) and concat.share == pytest.approx(0.2)
+
+
 def test_bench_on_cuda_without_a_gpu_exits_2(trained_export):
     result = runner.invoke(app, ["bench", str(trained_export), "--provider", "cuda"])
     assert result.exit_code == 2

@@ -34,6 +34,8 @@ class SessionOptions:
             session or PyTorch computes in the same process between runs, the spinning threads
             take its cores: on 2 cores two sessions taking turns ran 1.7-1.9x slower with
             spinning (benchmarks/README.md). Turn it off when several engines share the CPU.
+        profile_prefix: switch on ONNX Runtime's profiler, writing ``<prefix>_<time>.json``
+            (see :mod:`segdeploy.opprofile`).
     """
 
     provider: str = "cpu"
@@ -41,6 +43,7 @@ class SessionOptions:
     device_id: int = 0
     cudnn_conv_algo_search: str = "HEURISTIC"
     allow_spinning: bool = True
+    profile_prefix: str | None = None
 
 
 def _ort_options(options: SessionOptions) -> ort.SessionOptions:
@@ -50,6 +53,9 @@ def _ort_options(options: SessionOptions) -> ort.SessionOptions:
     so.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
     )
+    if options.profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = options.profile_prefix
     so.log_severity_level = 3  # provider fallback is reported by us, as an error, not a warning
     return so
 
