@@ -4,7 +4,9 @@ For each case (model x batch x size x precision): warm-up, then timed runs of ON
 the PyTorch model rebuilt from the export's model card (the architecture decides speed, not the
 weight values, so a checkpoint is not needed), latency percentiles, throughput, the speedup, the
 graph's FLOPs and the achieved GFLOP/s, also as a share of this machine's matrix-multiply peak
-measured in the same run. Measurements only: nothing here asserts a speed.
+measured in the same run (FP32 for FP32 cases, 8-bit for INT8 ones), and on request ONNX
+Runtime's kernel time per operator type (:mod:`segdeploy.opprofile`). Measurements only: nothing
+here asserts a speed.
 """
 
 from __future__ import annotations
