@@ -77,9 +77,13 @@ class BenchCase:
     gflops: float | None = None
     notes: list[str] = field(default_factory=list)
     op_profile: list[OpShare] | None = None
+    round_speedups: list[float] | None = None
 
     @property
     def speedup(self) -> float | None:
+        """Eager p50 over ORT p50; with several rounds, the median of the rounds' ratios."""
+        if self.round_speedups:
+            return float(np.median(self.round_speedups))
         return self.torch.p50_ms / self.onnx.p50_ms if self.torch else None
 
     @property
@@ -109,6 +113,9 @@ class BenchConfig:
     threads: int = 0
     io_binding: tuple[bool, ...] = (False,)
     profile: bool = False
+    # ORT and eager take turns in this many rounds (each gets seconds / rounds per round), so a
+    # slow spell of a shared machine hits both engines instead of one.
+    rounds: int = 1
 
 
 def time_calls(call, warmup: int, iters: int | None, seconds: float) -> list[float]:
@@ -222,7 +229,7 @@ def bench_case(
     precision: str,
     io_binding: bool = False,
 ) -> BenchCase:
-    """Measure one case: ONNX Runtime, then PyTorch eager on the same input."""
+    """Measure one case: ONNX Runtime and PyTorch eager on the same input, in turns."""
     height, width = size
     source = _onnx_for_precision(path, precision)
     session = create_session(
@@ -238,7 +245,22 @@ def bench_case(
         run = _bound_runner(session, x, config.provider)
     else:
         run = lambda: session.run(None, {input_name: x})  # noqa: E731
-    onnx_samples = time_calls(run, config.warmup, config.iters, config.seconds)
+    notes: list[str] = []
+    eager = _torch_call(card, config, x, precision, notes) if config.compare_torch else None
+    onnx_samples: list[float] = []
+    torch_samples: list[float] = []
+    round_speedups: list[float] = []
+    for index in range(config.rounds):
+        # Each engine runs its own block of calls: taking turns call by call would let one
+        # engine's idle threads disturb the other (benchmarks/README.md, "Thread spinning").
+        warmup = config.warmup if index == 0 else 1
+        seconds = config.seconds / config.rounds
+        onnx_round = time_calls(run, warmup, config.iters, seconds)
+        onnx_samples += onnx_round
+        if eager is not None:
+            torch_round = time_calls(eager, warmup, config.iters, seconds)
+            torch_samples += torch_round
+            round_speedups.append(float(np.median(torch_round) / np.median(onnx_round)))
     case = BenchCase(
         model=path.name,
         arch=card.arch,
@@ -249,14 +271,15 @@ def bench_case(
         width=width,
         onnx=Timing.from_samples(onnx_samples, batch),
         io_binding=io_binding,
+        torch=Timing.from_samples(torch_samples, batch) if eager is not None else None,
+        notes=notes,
+        round_speedups=round_speedups or None,
     )
     if config.profile and not io_binding:
         # A separate profiled session: the profiler's own overhead stays out of the timings.
-        del session
+        del session, run
         options = SessionOptions(provider=config.provider, intra_op_threads=config.threads)
         case.op_profile = profile_ops(source, x, options)
-    if config.compare_torch:
-        case.torch = _bench_torch(card, config, x, precision, case.notes)
     return case
 
 
@@ -275,7 +298,8 @@ def _bound_runner(session: ort.InferenceSession, x: np.ndarray, provider: str):
     return lambda: session.run_with_iobinding(binding)
 
 
-def _bench_torch(card: ModelCard, config: BenchConfig, x: np.ndarray, precision: str, notes):
+def _torch_call(card: ModelCard, config: BenchConfig, x: np.ndarray, precision: str, notes):
+    """A call that runs the eager model of ``card`` on ``x`` (on the bench's device) once."""
     import torch
 
     device = "cuda" if config.provider == "cuda" else "cpu"
@@ -292,9 +316,7 @@ def _bench_torch(card: ModelCard, config: BenchConfig, x: np.ndarray, precision:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    return Timing.from_samples(
-        time_calls(call, config.warmup, config.iters, config.seconds), x.shape[0]
-    )
+    return call
 
 
 def default_sizes(card: ModelCard) -> tuple[tuple[int, int], ...]:

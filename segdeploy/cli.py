@@ -175,6 +175,15 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
+def _speedup_text(case) -> str:
+    if not case.speedup:
+        return "-"
+    text = f"[bold]{case.speedup:.2f}x"
+    if case.round_speedups and len(case.round_speedups) > 1:
+        text += f"[/] ({min(case.round_speedups):.2f}-{max(case.round_speedups):.2f})"
+    return text
+
+
 def print_bench_table(cases, env) -> None:
     from segdeploy.bench import PEAK_KEYS, share_of_peak
 
@@ -201,7 +210,7 @@ def print_bench_table(cases, env) -> None:
             f"{c.onnx.p99_ms:.2f}",
             f"{c.onnx.images_per_s:.1f}",
             f"{c.torch.p50_ms:.2f}" if c.torch else "-",
-            f"[bold]{c.speedup:.2f}x" if c.speedup else "-",
+            _speedup_text(c),
             f"{c.gflops:.2f}" if c.gflops is not None else "-",
             f"{c.achieved_gflops_per_s:.1f}" if c.achieved_gflops_per_s else "-",
         ]
@@ -246,6 +255,12 @@ def bench(
     warmup: Annotated[int, typer.Option(min=0)] = 5,
     iters: Annotated[int | None, typer.Option(min=1, help="Timed runs (else --seconds).")] = None,
     seconds: Annotated[float, typer.Option(min=0.1, help="Time budget per engine and case.")] = 3.0,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            min=1, help="ORT and eager take turns this many times; speedup = median of rounds."
+        ),
+    ] = 1,
     torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Compare PyTorch.")] = True,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads, 0 = all cores.")] = 0,
     io_binding: Annotated[
@@ -302,6 +317,7 @@ def bench(
         threads=threads,
         io_binding=(False, True) if io_binding else (False,),
         profile=profile,
+        rounds=rounds,
     )
     planned = plan_cases(config)  # refuses bad sizes and missing variants before any timing
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())

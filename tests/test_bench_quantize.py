@@ -64,6 +64,14 @@ def test_bench_writes_json_and_chart_with_percentiles(trained_export, tmp_path):
         assert case["gflops"] > 0
 
 
+def test_bench_rounds_take_turns_and_report_the_median_speedup(trained_export, tmp_path):
+    args = ["--size", "32x32", "--rounds", "3", "--warmup", "1", "--iters", "2"]
+    (case,) = json.loads(run_bench(trained_export, tmp_path, *args).read_text())["cases"]
+    assert case["onnx"]["iterations"] == 6 and case["torch"]["iterations"] == 6
+    assert len(case["round_speedups"]) == 3
+    assert case["speedup"] == pytest.approx(float(np.median(case["round_speedups"])))
+
+
 def test_bench_measures_with_and_without_io_binding(trained_export, tmp_path):
     json_path = run_bench(
         trained_export,
