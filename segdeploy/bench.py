@@ -211,9 +211,9 @@ def _torch_model(card: ModelCard, device: str = "cpu", half: bool = False):
 
 def _onnx_for_precision(path: Path, precision: str) -> Path:
     """The file benchmarked for a precision: ``x.onnx``, ``x.fp16.onnx`` or ``x.int8.onnx``."""
-    if precision == "fp32":
-        return path
-    variant = path.with_name(f"{path.stem}.{precision}.onnx")
+    from segdeploy.quantize import variant_path
+
+    variant = variant_path(path, precision)
     if not variant.is_file():
         hint = "segdeploy quantize" if precision == "int8" else "segdeploy convert-fp16"
         raise SegdeployError(f"no {precision} variant {variant} of {path}; make it with `{hint}`")

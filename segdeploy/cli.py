@@ -293,17 +293,24 @@ def bench(
         raise typer.Exit(2)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from segdeploy.bench import BenchConfig, draw_chart, plan_cases, run_bench, write_results
+    from segdeploy.bench import (
+        PRECISIONS,
+        BenchConfig,
+        draw_chart,
+        plan_cases,
+        run_bench,
+        write_results,
+    )
     from segdeploy.export import parse_shapes
+    from segdeploy.quantize import is_variant
 
     precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
-    unknown = set(precisions) - {"fp32", "fp16", "int8"}
+    unknown = set(precisions) - set(PRECISIONS)
     if unknown:
         raise SegdeployError(f"unknown precision {sorted(unknown)}; choose fp32, fp16, int8")
     paths = list(models or sorted(Path("exports").glob("*.onnx")))
     # x.int8.onnx and x.fp16.onnx are variants that --precision picks, not models of their own.
-    variants = tuple(f".{p}.onnx" for p in ("fp16", "int8"))
-    paths = [p for p in paths if not p.name.endswith(variants)]
+    paths = [p for p in paths if not is_variant(p)]
     if not paths:
         raise SegdeployError("no models to benchmark: pass ONNX files or export into exports/")
     for path in paths:

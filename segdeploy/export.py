@@ -284,11 +284,10 @@ def check_parity(
     rng = np.random.default_rng(1234)
     inputs = []
     for batch, height, width in shapes or DEFAULT_PARITY_SHAPES:
-        if height % card.size_multiple or width % card.size_multiple:
-            report.structural_failures.append(
-                f"shape {batch}x{height}x{width}: height and width must be multiples of "
-                f"{card.size_multiple}"
-            )
+        try:
+            card.require_size(height, width)
+        except SegdeployError as err:  # reported in the layered report, like any other failure
+            report.structural_failures.append(f"batch {batch}, {err}")
             continue
         x = rng.standard_normal((batch, card.in_channels, height, width), dtype=np.float32)
         with torch.no_grad():

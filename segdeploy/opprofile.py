@@ -54,9 +54,8 @@ def summarise(events: list[dict], skip_runs: int = 0) -> list[OpShare]:
     Runs are told apart by the profile's ``model_run`` events; the first ``skip_runs`` are
     left out.
     """
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[
-        skip_runs:
-    ]
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    runs = runs[skip_runs:]
     total_us: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
     for event in events:

@@ -108,6 +108,21 @@ def evaluate_onnx(path_or_bytes, card: ModelCard, images: np.ndarray, labels: np
 
 #: Metadata key that marks a reduced-precision variant (absent on FP32 exports).
 PRECISION_KEY = "segdeploy.precision"
+#: Precisions written as ``<name>.<precision>.onnx`` next to the FP32 export they come from.
+VARIANT_PRECISIONS = ("fp16", "int8")
+
+
+def variant_path(onnx_path: str | Path, precision: str) -> Path:
+    """Where the ``precision`` variant of an FP32 export lives: ``x.onnx`` -> ``x.int8.onnx``."""
+    onnx_path = Path(onnx_path)
+    if precision == "fp32":
+        return onnx_path
+    return onnx_path.with_name(f"{onnx_path.stem}.{precision}.onnx")
+
+
+def is_variant(onnx_path: str | Path) -> bool:
+    """Whether a file name is that of a variant (``x.int8.onnx``) rather than an FP32 export."""
+    return Path(onnx_path).name.endswith(tuple(f".{p}.onnx" for p in VARIANT_PRECISIONS))
 
 
 def _require_fp32(model: onnx.ModelProto, path: Path, command: str) -> None:
@@ -144,7 +159,7 @@ def quantize_int8(
     onnx_path = Path(onnx_path)
     model = load_onnx(onnx_path)
     _require_fp32(model, onnx_path, "quantize")
-    out = Path(out) if out else onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
+    out = Path(out) if out else variant_path(onnx_path, "int8")
     card = read_card(model, str(onnx_path))
     size = size or int(card.training.get("img_size", 128))
     calib_images, _ = labelled_samples(card, calib, samples, size, seed=1)
@@ -211,7 +226,7 @@ def convert_fp16(onnx_path: str | Path, out: str | Path | None = None) -> Path:
     onnx_path = Path(onnx_path)
     model = load_onnx(onnx_path)
     _require_fp32(model, onnx_path, "convert-fp16")
-    out = Path(out) if out else onnx_path.with_name(f"{onnx_path.stem}.fp16.onnx")
+    out = Path(out) if out else variant_path(onnx_path, "fp16")
     read_card(model, str(onnx_path))
     half = convert_float_to_float16(
         model,
