@@ -9,9 +9,9 @@ import pytest
 def tiny_checkpoints(tmp_path_factory):
     """``{arch: path}`` of an untrained tiny-variant checkpoint for every registered arch."""
     torch = pytest.importorskip("torch")
-    from segdeploy.card import ModelCard
-    from segdeploy.checkpoint import save_checkpoint
+    from segdeploy.core.card import ModelCard
     from segdeploy.models import create_model, get_spec, list_models
+    from segdeploy.train.checkpoint import save_checkpoint
 
     folder = tmp_path_factory.mktemp("checkpoints")
     paths = {}

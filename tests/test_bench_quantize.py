@@ -93,8 +93,8 @@ def test_bench_measures_with_and_without_io_binding(trained_export, tmp_path):
 @pytest.mark.skipif("cuda" in usable_providers(), reason="this machine has a usable CUDA")
 def test_flop_count_matches_known_figures():
     """GFLOP/s and % of peak are only as right as the count: check it against known numbers."""
-    from segdeploy.bench import count_gflops
-    from segdeploy.card import ModelCard
+    from segdeploy.core.card import ModelCard
+    from segdeploy.tools.bench import count_gflops
 
     # torchvision's ResNet-18 at 224x224: 1.814 GMACs with a 1000-class head (published figure),
     # 2 FLOPs per multiply-accumulate; a 4-class head removes 0.5 MMACs.
@@ -146,7 +146,7 @@ def test_bench_profile_splits_kernel_time_by_operator(trained_export, tmp_path):
 
 
 def test_profile_summary_leaves_out_the_first_run():
-    from segdeploy.opprofile import summarise
+    from segdeploy.tools.opprofile import summarise
 
     def kernel(op, ts, dur):
         return {"cat": "Node", "name": f"n_{op}_kernel_time", "ts": ts, "dur": dur,
@@ -227,13 +227,13 @@ def test_bench_refuses_a_size_the_model_cannot_take(trained_export, tmp_path):
 
 
 def _synthetic_images(count=8, size=64):
-    from segdeploy.card import ModelCard
-    from segdeploy.data import render_road_scene
-    from segdeploy.quantize import _normalise
+    from segdeploy.core.card import ModelCard
+    from segdeploy.core.preprocess import normalise
+    from segdeploy.data.synthetic import render_road_scene
 
     card = ModelCard(arch="unet", task="segmentation", class_names=("a", "b"))
     images = np.stack([render_road_scene(i, size, size, seed=555)[0] for i in range(count)])
-    return _normalise(images, card)
+    return normalise(images, card.mean, card.std)
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +246,7 @@ def int8_export(trained_export):
 
 
 def test_int8_keeps_the_card_and_agrees_with_fp32(trained_export, int8_export):
-    from segdeploy.quantize import precision_parity
+    from segdeploy.export.gates import precision_parity
     from segdeploy.runtime import open_model
 
     assert open_model(int8_export, provider="cpu").card.arch == "unet"
@@ -302,7 +302,7 @@ def test_int8_accuracy_gate_refuses_and_leaves_no_file(trained_export, tmp_path)
 def test_fp16_variant_keeps_fp32_io_and_agrees(trained_export):
     import onnx
 
-    from segdeploy.quantize import precision_parity
+    from segdeploy.export.gates import precision_parity
 
     result = runner.invoke(app, ["convert-fp16", str(trained_export)])
     assert result.exit_code == 0, result.output

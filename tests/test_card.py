@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from segdeploy.card import ModelCard
-from segdeploy.errors import SegdeployError
+from segdeploy.core.card import ModelCard
+from segdeploy.core.errors import SegdeployError
 
 NAMES = ("background", "road", "vehicle", "pedestrian")
 

@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from segdeploy.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from segdeploy.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError
+from segdeploy.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 
 
 def test_round_trip_rebuilds_the_model_from_the_card(tiny_checkpoints):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segdeploy.data import (
+from segdeploy.core.errors import SegdeployError
+from segdeploy.train.datasets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ROAD_CLASSES,
@@ -20,7 +21,6 @@ from segdeploy.data import (
     load_rgb,
     render_road_scene,
 )
-from segdeploy.errors import SegdeployError
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic scenes
@@ -339,7 +339,7 @@ def test_class_weights_all_ignored_raises() -> None:
 
 
 def test_synthetic_crops_are_labelled_by_their_centre_and_balanced():
-    from segdeploy.data import SyntheticRoadCrops
+    from segdeploy.train.datasets import SyntheticRoadCrops
 
     crops = SyntheticRoadCrops(16, size=(64, 64), seed=3)
     labels = [int(crops[i][1]) for i in range(len(crops))]

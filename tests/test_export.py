@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 onnx = pytest.importorskip("onnx")
 
-from segdeploy.card import ONNX_METADATA_KEY, ModelCard  # noqa: E402
-from segdeploy.checkpoint import file_sha256  # noqa: E402
 from segdeploy.cli import app  # noqa: E402
+from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard  # noqa: E402
+from segdeploy.train.checkpoint import file_sha256  # noqa: E402
 
 runner = CliRunner()
 
@@ -123,7 +123,7 @@ def test_an_opset_the_exporter_cannot_produce_is_refused(tiny_checkpoints, tmp_p
 
 def test_failed_parity_leaves_no_onnx_file(tiny_checkpoints, tmp_path, monkeypatch):
     import segdeploy.export as export_module
-    from segdeploy.parity import Tolerance
+    from segdeploy.core.parity import Tolerance
 
     strict = dict(export_module.CONTRACTS)
     contract = strict["segmentation"]

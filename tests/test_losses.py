@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segdeploy.errors import SegdeployError
-from segdeploy.losses import CombinedLoss, DiceLoss, build_loss
+from segdeploy.core.errors import SegdeployError
+from segdeploy.train.losses import CombinedLoss, DiceLoss, build_loss
 
 NUM_CLASSES = 4
 

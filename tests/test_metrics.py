@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdeploy.metrics import (
+from segdeploy.core.metrics import (
     IGNORE_INDEX,
     ConfusionMatrix,
     SegmentationMetrics,
@@ -140,7 +140,7 @@ def test_classification_accuracy() -> None:
 
 
 def test_metrics_module_does_not_import_torch() -> None:
-    code = "import sys, segdeploy.metrics; assert 'torch' not in sys.modules"
+    code = "import sys, segdeploy.core.metrics; assert 'torch' not in sys.modules"
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)

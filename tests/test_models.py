@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segdeploy.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError
 from segdeploy.models import ArchSpec, create_model, get_spec, list_models, register_model
 from segdeploy.models.resnet import apply_finetune_policy, load_pretrained_backbone
 from segdeploy.train import freeze_frozen_batchnorm

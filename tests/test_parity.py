@@ -15,7 +15,7 @@ from segdeploy.runtime.session import usable_providers
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from segdeploy.card import ModelCard  # noqa: E402
+from segdeploy.core.card import ModelCard  # noqa: E402
 from segdeploy.export import check_parity, simplify, to_onnx  # noqa: E402
 from segdeploy.models import create_model  # noqa: E402
 

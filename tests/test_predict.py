@@ -11,9 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from segdeploy.cli import app
-from segdeploy.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError
 from segdeploy.runtime import open_model
-from segdeploy.runtime.batch import collect_images, output_names, predict_files
+from segdeploy.runtime.files import collect_images, output_names, predict_files
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdeploy.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError
 from segdeploy.runtime import ClassificationModel, SegmentationModel, load_image, open_model
 from segdeploy.runtime.postprocess import colorize, overlay, palette, softmax
 from segdeploy.runtime.preprocess import to_model_input
@@ -35,7 +35,7 @@ def test_runtime_never_imports_the_torch_side(unet_onnx, tmp_path):
 import sys
 forbidden = {FORBIDDEN!r}
 import segdeploy.runtime
-import segdeploy.runtime.batch
+import segdeploy.runtime.files
 assert not [m for m in forbidden if m in sys.modules], sorted(sys.modules)
 from segdeploy.runtime import open_model
 model = open_model({str(unet_onnx)!r})
@@ -52,7 +52,7 @@ print("clean")
 @pytest.mark.parametrize("size", [(37, 53), (16, 16), (333, 517)])
 def test_mask_matches_pytorch_argmax_at_odd_sizes(unet, tiny_checkpoints, size):
     torch = pytest.importorskip("torch")
-    from segdeploy.checkpoint import load_checkpoint
+    from segdeploy.train.checkpoint import load_checkpoint
 
     torch_model, card = load_checkpoint(tiny_checkpoints["unet"])
     image = random_image(*size, seed=size[0])

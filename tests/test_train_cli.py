@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from segdeploy.checkpoint import load_checkpoint, read_checkpoint
 from segdeploy.cli import app
+from segdeploy.train.checkpoint import load_checkpoint, read_checkpoint
 
 runner = CliRunner()
 FAST = ["--epochs", "1", "--train-samples", "16", "--val-samples", "8", "--batch-size", "8"]

@@ -19,9 +19,10 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from segdeploy.bench import Timing, time_calls
-from segdeploy.export import read_card
-from segdeploy.quantize import _Batches, labelled_samples
+from segdeploy.data.samples import labelled_samples
+from segdeploy.export.onnx_file import read_card
+from segdeploy.export.quantize import CalibrationBatches
+from segdeploy.tools.bench import Timing, time_calls
 
 
 def p50_ms(path: Path, x: np.ndarray) -> float:
@@ -45,7 +46,9 @@ def main(path: Path, size: int) -> None:
                 quantize_static(
                     prepared,
                     out,
-                    _Batches(onnx.load(path, load_external_data=False).graph.input[0].name, images),
+                    CalibrationBatches(
+                        onnx.load(path, load_external_data=False).graph.input[0].name, images
+                    ),
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
                     activation_type=activation,

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from segdeploy.data.synthetic import render_road_scene
 from segdeploy.runtime import load_image, open_model
 from segdeploy.runtime.postprocess import masks_from_logits
 from segdeploy.runtime.preprocess import to_model_input
-from segdeploy.synthetic import render_road_scene
 
 
 def timed(call):

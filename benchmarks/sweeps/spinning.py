@@ -20,8 +20,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from segdeploy.bench import _torch_model
 from segdeploy.runtime import open_model
+from segdeploy.tools.bench import _torch_model
 
 
 def session(path: str, spinning: bool) -> ort.InferenceSession:

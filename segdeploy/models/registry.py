@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from segdeploy.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError
 
 
 @dataclass(frozen=True)

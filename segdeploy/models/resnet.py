@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from segdeploy.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError
 
 #: Which parameters stay trainable under each fine-tuning policy (name prefixes).
 FINETUNE_POLICIES = {"fc": ("fc.",), "layer4": ("layer4.", "fc."), "all": ("",)}

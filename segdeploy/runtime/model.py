@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from segdeploy.card import ONNX_METADATA_KEY, ModelCard
-from segdeploy.errors import SegdeployError
+from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
+from segdeploy.core.errors import SegdeployError
 from segdeploy.runtime.postprocess import Palette, crop, masks_from_logits, palette, softmax
 from segdeploy.runtime.preprocess import ImageSource, load_image, padded_size, to_model_input
 from segdeploy.runtime.session import SessionOptions, create_session, session_provider

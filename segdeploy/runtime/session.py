@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from segdeploy.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError
 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PROVIDER_CHOICES = ("cpu", "cuda", "auto")
@@ -35,7 +35,7 @@ class SessionOptions:
             take its cores: on 2 cores two sessions taking turns ran 1.7-1.9x slower with
             spinning (benchmarks/README.md). Turn it off when several engines share the CPU.
         profile_prefix: switch on ONNX Runtime's profiler, writing ``<prefix>_<time>.json``
-            (see :mod:`segdeploy.opprofile`).
+            (see :mod:`segdeploy.tools.opprofile`).
     """
 
     provider: str = "cpu"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from segdeploy.data import render_road_scene
+from segdeploy.data.synthetic import render_road_scene
 
 
 @dataclass
@@ -48,10 +48,10 @@ def write_samples(folder: Path, count: int, size: int, seed: int) -> list[Path]:
 
 def run_demo(config: DemoConfig, console) -> dict:
     """Run train -> export (parity gate) -> predict -> bench; returns what each step produced."""
-    from segdeploy.bench import BenchConfig, draw_chart, run_bench, write_results
     from segdeploy.export import export_checkpoint
     from segdeploy.runtime import open_model
-    from segdeploy.runtime.batch import predict_files
+    from segdeploy.runtime.files import predict_files
+    from segdeploy.tools.bench import BenchConfig, draw_chart, run_bench, write_results
     from segdeploy.train import TrainConfig, train
 
     workdir = config.workdir

@@ -21,45 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from segdeploy import data as datasets
-from segdeploy.card import ModelCard
-from segdeploy.checkpoint import save_checkpoint
-from segdeploy.errors import SegdeployError
-from segdeploy.losses import build_loss
-from segdeploy.metrics import IGNORE_INDEX, ConfusionMatrix
+from segdeploy.core.card import ModelCard
+from segdeploy.core.errors import SegdeployError
+from segdeploy.core.metrics import IGNORE_INDEX, ConfusionMatrix
 from segdeploy.models import create_model, get_spec
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``segdeploy train`` accepts; the defaults train a small U-Net on CPU.
-
-    ``data`` is ``"synthetic"`` or a folder. Segmentation folders hold ``images/`` + ``masks/``
-    (or ``train/`` and ``val/`` sub-folders of that form) and class names in ``classes.txt`` or
-    ``classes``; classification folders hold one sub-folder per class (or ``train/`` + ``val/``).
-    """
-
-    arch: str
-    data: str = "synthetic"
-    variant: str = "small"
-    epochs: int = 10
-    batch_size: int = 16
-    img_size: int | None = None
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    loss: str = "ce+dice"
-    class_weights: str | None = None
-    out: Path | None = None
-    device: str = "cpu"
-    seed: int = 0
-    pretrained: Path | None = None
-    finetune: str = "fc"
-    classes: tuple[str, ...] | None = None
-    train_samples: int = 512
-    val_samples: int = 128
-    val_fraction: float = 0.2
-    grad_clip: float = 1.0
-    warmup_fraction: float = 0.05
+from segdeploy.train import datasets
+from segdeploy.train.checkpoint import save_checkpoint
+from segdeploy.train.config import TrainConfig
+from segdeploy.train.losses import build_loss
 
 
 @dataclass
@@ -263,8 +232,6 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
         task=spec.task,
         class_names=class_names,
         model_kwargs=model_kwargs,
-        mean=datasets.IMAGENET_MEAN,
-        std=datasets.IMAGENET_STD,
     )
     history: list[EpochRecord] = []
     best_metric, best_epoch = -1.0, 0

@@ -6,7 +6,7 @@ model nothing but the position prior to learn), every class is *rendered into th
 textured road, saturated boxy vehicles with dark windows, thin upright pedestrians with a head,
 and background clutter. A small U-Net can therefore genuinely learn to read pixels.
 
-numpy only; the datasets that wrap it live in :mod:`segdeploy.data`.
+numpy only; the datasets that wrap it live in :mod:`segdeploy.train.datasets`.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ the PyTorch model rebuilt from the export's model card (the architecture decides
 weight values, so a checkpoint is not needed), latency percentiles, throughput, the speedup, the
 graph's FLOPs and the achieved GFLOP/s, also as a share of this machine's matrix-multiply peak
 measured in the same run (FP32 for FP32 cases, 8-bit for INT8 ones), and on request ONNX
-Runtime's kernel time per operator type (:mod:`segdeploy.opprofile`). Measurements only: nothing
-here asserts a speed.
+Runtime's kernel time per operator type (:mod:`segdeploy.tools.opprofile`). Measurements only:
+nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import numpy as np
 import onnxruntime as ort
 
 from segdeploy import __version__
-from segdeploy.card import ModelCard
-from segdeploy.errors import SegdeployError
-from segdeploy.fileio import atomic_write
-from segdeploy.opprofile import OpShare, profile_ops
+from segdeploy.core.artifacts import variant_path
+from segdeploy.core.card import ModelCard
+from segdeploy.core.errors import SegdeployError
+from segdeploy.core.fileio import atomic_write
 from segdeploy.runtime import open_model
 from segdeploy.runtime.session import SessionOptions, create_session, session_provider
+from segdeploy.tools.opprofile import OpShare, profile_ops
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # Where run_bench records the peak each precision is read against (CPU runs only).
 PEAK_KEYS = {"fp32": "matmul_peak_gflops_per_s", "int8": "int8_matmul_peak_gops_per_s"}
 
@@ -211,8 +211,6 @@ def _torch_model(card: ModelCard, device: str = "cpu", half: bool = False):
 
 def _onnx_for_precision(path: Path, precision: str) -> Path:
     """The file benchmarked for a precision: ``x.onnx``, ``x.fp16.onnx`` or ``x.int8.onnx``."""
-    from segdeploy.quantize import variant_path
-
     variant = variant_path(path, precision)
     if not variant.is_file():
         hint = "segdeploy quantize" if precision == "int8" else "segdeploy convert-fp16"

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segdeploy.errors import SegdeployError
-from segdeploy.metrics import IGNORE_INDEX
+from segdeploy.core.errors import SegdeployError
+from segdeploy.core.metrics import IGNORE_INDEX
 
 LOSS_KINDS = ("ce", "dice", "ce+dice")
 

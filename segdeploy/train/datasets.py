@@ -1,8 +1,8 @@
-"""Datasets: synthetic road scenes (rendered by :mod:`segdeploy.synthetic`) and folder-backed
+"""Datasets: synthetic road scenes (rendered by :mod:`segdeploy.data.synthetic`) and folder-backed
 segmentation/classification sets.
 
 Folder datasets validate eagerly in ``__init__`` so that a bad file fails before training starts,
-with a :class:`~segdeploy.errors.SegdeployError` that names the file.
+with a :class:`~segdeploy.core.errors.SegdeployError` that names the file.
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from segdeploy.errors import SegdeployError
-from segdeploy.metrics import IGNORE_INDEX
-from segdeploy.runtime.preprocess import load_image
-from segdeploy.synthetic import ROAD_CLASSES, render_road_scene
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from segdeploy.core.errors import SegdeployError
+from segdeploy.core.images import load_image
+from segdeploy.core.metrics import IGNORE_INDEX
+from segdeploy.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE
+from segdeploy.data.synthetic import ROAD_CLASSES, render_road_scene
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS = (".png",)
-SIZE_MULTIPLE = 16
 
 _PIL_ERRORS = (
     UnidentifiedImageError,

@@ -15,8 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from segdeploy.errors import SegdeployError
-from segdeploy.fileio import atomic_write
+from segdeploy.core.errors import SegdeployError
+from segdeploy.core.fileio import atomic_write
 
 app = typer.Typer(
     help="Train vision models, export them to ONNX with a parity gate, and run them anywhere.",
@@ -181,7 +181,7 @@ def _round_range(case) -> str:
 
 
 def print_bench_table(cases, env) -> None:
-    from segdeploy.bench import PEAK_KEYS, share_of_peak
+    from segdeploy.tools.bench import PEAK_KEYS, share_of_peak
 
     fp32_peak = env.get(PEAK_KEYS["fp32"])
     int8_peak = env.get(PEAK_KEYS["int8"])
@@ -293,16 +293,14 @@ def bench(
         raise typer.Exit(2)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from segdeploy.bench import (
-        PRECISIONS,
+    from segdeploy.core.artifacts import PRECISIONS, is_variant, parse_shapes
+    from segdeploy.tools.bench import (
         BenchConfig,
         draw_chart,
         plan_cases,
         run_bench,
         write_results,
     )
-    from segdeploy.export import parse_shapes
-    from segdeploy.quantize import is_variant
 
     precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
     unknown = set(precisions) - set(PRECISIONS)
@@ -363,7 +361,7 @@ def quantize(
     out: Annotated[Path | None, typer.Option(help="[default: MODEL.int8.onnx]")] = None,
 ) -> None:
     """Static INT8 (QDQ, per-channel) for CPU, kept only if accuracy drops <= --max-drop."""
-    from segdeploy.quantize import quantize_int8
+    from segdeploy.export.quantize import quantize_int8
 
     with console.status(f"calibrating and quantising {onnx_path}"):
         result = quantize_int8(
@@ -381,7 +379,7 @@ def convert_fp16(
     out: Annotated[Path | None, typer.Option(help="[default: MODEL.fp16.onnx]")] = None,
 ) -> None:
     """FP16 variant for CUDA (FP32 inputs/outputs kept, fragile ops left in FP32)."""
-    from segdeploy.quantize import convert_fp16 as to_fp16
+    from segdeploy.export.fp16 import convert_fp16 as to_fp16
 
     console.print(f"wrote [bold]{to_fp16(onnx_path, out)}")
 
@@ -400,7 +398,8 @@ def export(
     ] = None,
 ) -> None:
     """Export a checkpoint to ONNX; refuse to finish if ONNX Runtime disagrees with PyTorch."""
-    from segdeploy.export import export_checkpoint, parse_shapes
+    from segdeploy.core.artifacts import parse_shapes
+    from segdeploy.export import export_checkpoint
 
     with console.status(f"exporting {checkpoint} (torch.export + onnxsim + parity)"):
         result = export_checkpoint(
@@ -433,7 +432,8 @@ def verify(
     ] = None,
 ) -> None:
     """Check an existing export against its checkpoint; exit 1 when they disagree."""
-    from segdeploy.export import parse_shapes, verify_export
+    from segdeploy.core.artifacts import parse_shapes
+    from segdeploy.export import verify_export
 
     report = verify_export(
         onnx_path, checkpoint, parse_shapes(shapes), [provider] if provider else None
@@ -470,7 +470,7 @@ def predict(
     )
 
     from segdeploy.runtime import open_model
-    from segdeploy.runtime.batch import collect_images, plan_outputs, predict_files
+    from segdeploy.runtime.files import collect_images, plan_outputs, predict_files
 
     model = open_model(model_path, provider=provider, threads=threads)
     if overlay and model.card.task == "classification":
@@ -519,7 +519,7 @@ def demo(
     ),
 ) -> None:
     """The whole pipeline on synthetic data: train, export + parity, predict, bench."""
-    from segdeploy.demo import DemoConfig, run_demo
+    from segdeploy.tools.demo import DemoConfig, run_demo
 
     done = run_demo(DemoConfig(workdir=workdir, epochs=epochs), console)
     print_training_summary(done["trained"])
@@ -554,7 +554,7 @@ def info(
             },
         )
     else:
-        from segdeploy.checkpoint import read_checkpoint
+        from segdeploy.train.checkpoint import read_checkpoint
 
         card, extra = read_checkpoint(path)[0], {}
     table = Table(title=str(path), title_justify="left", show_header=False)

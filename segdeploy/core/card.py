@@ -12,7 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from segdeploy.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError
+from segdeploy.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE
 
 TASKS = ("segmentation", "classification")
 CARD_FORMAT_VERSION = 1
@@ -31,7 +32,8 @@ class ModelCard:
         model_kwargs: keyword arguments for the registry builder (without ``num_classes``).
         in_channels: channels the model reads (3 for RGB).
         mean, std: per-channel normalisation applied to ``[0, 1]`` pixels.
-        size_multiple: height and width must be multiples of this (16 for every model here).
+        size_multiple: height and width must be multiples of this (the architecture's, 16 for
+            every model here).
         training: free-form summary of how the weights were made (epochs, best metric, data).
     """
 
@@ -40,9 +42,9 @@ class ModelCard:
     class_names: tuple[str, ...]
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     in_channels: int = 3
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    size_multiple: int = 16
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    size_multiple: int = SIZE_MULTIPLE
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = CARD_FORMAT_VERSION
 

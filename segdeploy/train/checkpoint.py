@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from segdeploy.card import ModelCard
-from segdeploy.errors import SegdeployError
-from segdeploy.fileio import atomic_write
+from segdeploy.core.card import ModelCard
+from segdeploy.core.errors import SegdeployError
+from segdeploy.core.fileio import atomic_write
 from segdeploy.models import create_model
 
 CHECKPOINT_FORMAT = "segdeploy-checkpoint"
@@ -60,7 +60,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise SegdeployError(
             f"{path} is a PyTorch file but not a segdeploy checkpoint (no model card); "
-            "train with `segdeploy train` or save with segdeploy.checkpoint.save_checkpoint"
+            "train with `segdeploy train` or save with segdeploy.train.checkpoint.save_checkpoint"
         )
     if payload.get("version", 0) > CHECKPOINT_VERSION:
         raise SegdeployError(f"{path} was written by a newer segdeploy; upgrade to read it")

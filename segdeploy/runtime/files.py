@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segdeploy.errors import SegdeployError
-from segdeploy.fileio import atomic_write
+from segdeploy.core.errors import SegdeployError
+from segdeploy.core.fileio import atomic_write
 from segdeploy.runtime import postprocess
 from segdeploy.runtime.model import ClassificationModel, SegmentationModel
 from segdeploy.runtime.preprocess import load_image

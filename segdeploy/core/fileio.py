@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from segdeploy.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:

@@ -1,0 +1,75 @@
+"""What segdeploy writes and how it names it: precisions, variant files, reports, metadata keys.
+
+An FP32 export ``x.onnx`` may have variants ``x.fp16.onnx`` and ``x.int8.onnx`` beside it and a
+parity report ``x.parity.json``; every stage finds them through the functions here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segdeploy.core.errors import SegdeployError
+
+#: Every precision segdeploy can run; fp32 is the export itself, the others are variants.
+PRECISIONS = ("fp32", "fp16", "int8")
+#: Precisions written as ``<name>.<precision>.onnx`` next to the FP32 export they come from.
+VARIANT_PRECISIONS = ("fp16", "int8")
+#: Where exports go when no output path is given.
+EXPORTS_FOLDER = Path("exports")
+
+# Keys of an export's ``metadata_props`` besides the model card (``card.ONNX_METADATA_KEY``).
+VERSION_KEY = "segdeploy.version"
+OPSET_KEY = "segdeploy.opset"
+EXPORT_SHAPE_KEY = "segdeploy.export_shape"
+CHECKPOINT_SHA256_KEY = "segdeploy.checkpoint_sha256"
+TORCH_VERSION_KEY = "segdeploy.torch_version"
+#: Marks a reduced-precision variant (absent on FP32 exports).
+PRECISION_KEY = "segdeploy.precision"
+CALIBRATION_KEY = "segdeploy.calibration"
+
+
+def variant_path(onnx_path: str | Path, precision: str) -> Path:
+    """Where the ``precision`` variant of an FP32 export lives: ``x.onnx`` -> ``x.int8.onnx``."""
+    onnx_path = Path(onnx_path)
+    if precision == "fp32":
+        return onnx_path
+    return onnx_path.with_name(f"{onnx_path.stem}.{precision}.onnx")
+
+
+def is_variant(onnx_path: str | Path) -> bool:
+    """Whether a file name is that of a variant (``x.int8.onnx``) rather than an FP32 export."""
+    return Path(onnx_path).name.endswith(tuple(f".{p}.onnx" for p in VARIANT_PRECISIONS))
+
+
+def default_export_path(checkpoint: str | Path) -> Path:
+    """``exports/<checkpoint stem>.onnx``."""
+    return EXPORTS_FOLDER / f"{Path(checkpoint).stem}.onnx"
+
+
+def parity_report_path(onnx_path: str | Path) -> Path:
+    """``x.onnx`` -> ``x.parity.json``, the report the export gate writes beside it."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(f"{onnx_path.stem}.parity.json")
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    """Parse ``64x96,2x128x160`` into ``[(1, 64, 96), (2, 128, 160)]`` (``[B x] H x W``)."""
+    shapes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            numbers = [int(n) for n in item.lower().split("x")]
+        except ValueError:
+            numbers = []
+        if len(numbers) == 2:
+            numbers = [1, *numbers]
+        if len(numbers) != 3 or min(numbers) < 1:
+            raise SegdeployError(f"cannot read shape '{item}': expected HxW or BxHxW, e.g. 2x64x96")
+        shapes.append(tuple(numbers))
+    if not shapes:
+        raise SegdeployError("no shapes given: expected e.g. --shapes 64x96,2x128x160")
+    return shapes
+
+
+def format_shapes(shapes: list[tuple[int, int, int]] | tuple[tuple[int, int, int], ...]) -> str:
+    """The inverse of :func:`parse_shapes`: ``[(1, 16, 16), (3, 64, 32)]`` -> ``16x16,3x64x32``."""
+    return ",".join(f"{h}x{w}" if batch == 1 else f"{batch}x{h}x{w}" for batch, h, w in shapes)

@@ -1,0 +1,42 @@
+"""Export: checkpoint -> ONNX behind the parity gate, and the variants made from an export.
+
+    contract     the export contract per task, as data (torch-free)
+    onnx_file    load / read the card / write metadata of ONNX files (onnx, no torch)
+    exporter     torch -> ONNX -> onnxsim -> checker -> card -> parity gate -> file
+    parity_gate  ONNX Runtime against PyTorch, in layers (``export`` and ``verify``)
+    gates        accuracy and precision parity of INT8/FP16 variants (torch-free)
+    quantize     static INT8 for CPU behind the accuracy gate (torch-free)
+    fp16         FP16 variant for CUDA (torch-free)
+
+Names are loaded on first use, so ``segdeploy.export.quantize`` works without torch installed
+while ``from segdeploy.export import export_checkpoint`` still reads naturally.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "CONTRACTS": "contract",
+    "DEFAULT_OPSET": "contract",
+    "DEFAULT_PARITY_SHAPES": "contract",
+    "ExportContract": "contract",
+    "ExportResult": "exporter",
+    "export_checkpoint": "exporter",
+    "simplify": "exporter",
+    "to_onnx": "exporter",
+    "check_parity": "parity_gate",
+    "verify_export": "parity_gate",
+    "load_onnx": "onnx_file",
+    "read_card": "onnx_file",
+    "quantize_int8": "quantize",
+    "convert_fp16": "fp16",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)

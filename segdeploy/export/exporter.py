@@ -1,0 +1,268 @@
+"""Export: checkpoint -> ONNX -> simplify -> check -> model card -> parity gate -> file.
+
+The export contract is declared per task as data (:mod:`segdeploy.export.contract`); the exporter
+has no per-model branches. An export is published (atomically renamed into place) only after ONNX
+Runtime agrees with PyTorch at shapes other than the traced one
+(:mod:`segdeploy.export.parity_gate`); otherwise it raises :class:`ParityError` and leaves only
+the parity report that explains why.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+from torch.export import Dim
+
+from segdeploy import __version__
+from segdeploy.core import artifacts
+from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
+from segdeploy.core.errors import ParityError, SegdeployError
+from segdeploy.core.fileio import atomic_write
+from segdeploy.core.parity import ParityReport
+from segdeploy.export.contract import CONTRACTS, DEFAULT_OPSET
+from segdeploy.export.onnx_file import attach_metadata, graph_dims
+from segdeploy.export.parity_gate import check_parity
+from segdeploy.runtime.session import SessionOptions, create_session
+from segdeploy.train.checkpoint import file_sha256, load_checkpoint
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_checkpoint` wrote and measured."""
+
+    onnx_path: Path
+    report_path: Path
+    report: ParityReport
+    nodes_before: int
+    nodes_after: int
+    simplified: bool
+    simplify_note: str
+    seconds: dict[str, float]
+
+
+def _dynamic_shapes(size_multiple: int) -> tuple[dict[int, Any]]:
+    # torch.export's "16 * Dim" is what makes the ONNX dims read 16*h and 16*w.
+    batch = Dim("batch", min=1, max=4096)
+    height, width = Dim("h", min=1, max=1024), Dim("w", min=1, max=1024)
+    return ({0: batch, 2: size_multiple * height, 3: size_multiple * width},)
+
+
+def trace_size(card: ModelCard) -> int:
+    """Height and width used to trace: the training size, else 4 size multiples (64)."""
+    size = int(card.training.get("img_size", 0))
+    return size if size and size % card.size_multiple == 0 else 4 * card.size_multiple
+
+
+def to_onnx(model: nn.Module, card: ModelCard, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Trace ``model`` with torch.export and convert it with the dynamo ONNX exporter."""
+    contract = CONTRACTS[card.task]
+    size = trace_size(card)
+    # Batch 2: torch.export specialises dims it sees as 0 or 1.
+    example = torch.randn(2, card.in_channels, size, size)
+    try:
+        with warnings.catch_warnings(), redirect_stdout(StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[contract.input_name],
+                output_names=[contract.output_name],
+                dynamic_shapes=_dynamic_shapes(card.size_multiple),
+                opset_version=opset,
+                verbose=False,
+            )
+    except Exception as err:  # the exporter raises many internal types; report the first line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SegdeployError(f"torch.onnx.export failed for '{card.arch}': {first}") from None
+    produced = next(
+        o.version for o in program.model_proto.opset_import if o.domain in ("", "ai.onnx")
+    )
+    if produced != opset:
+        # Below 18 the exporter tries a version conversion and, when that fails, quietly keeps 18.
+        raise SegdeployError(
+            f"opset {opset} was asked for, but the exporter produced opset {produced} for "
+            f"'{card.arch}' (it cannot convert this graph); use opset 18 or later"
+        )
+    return program.model_proto
+
+
+def _run(model_bytes: bytes, name: str, x: np.ndarray, provider: str = "cpu") -> np.ndarray:
+    session = create_session(model_bytes, SessionOptions(provider=provider))
+    return session.run(None, {name: x})[0]
+
+
+def simplify(model: onnx.ModelProto, card: ModelCard) -> tuple[onnx.ModelProto, bool, str]:
+    """onnxsim, accepted only if every dim stays symbolic and outputs match at two shapes."""
+    import onnxsim
+
+    contract = CONTRACTS[card.task]
+    try:
+        with redirect_stdout(StringIO()):
+            simplified, ok = onnxsim.simplify(model)
+    except Exception as err:
+        return model, False, f"onnxsim failed ({type(err).__name__}: {err}); kept the original"
+    if not ok:
+        return model, False, "onnxsim's own check failed; kept the original graph"
+    for original, new in zip(
+        [*model.graph.input, *model.graph.output],
+        [*simplified.graph.input, *simplified.graph.output],
+        strict=True,
+    ):
+        if graph_dims(original) != graph_dims(new):
+            return (
+                model,
+                False,
+                f"onnxsim froze {new.name} to {graph_dims(new)}; kept the original graph",
+            )
+    original_bytes, new_bytes = model.SerializeToString(), simplified.SerializeToString()
+    rng = np.random.default_rng(0)
+    m = card.size_multiple
+    for batch, height, width in ((1, 2 * m, 3 * m), (2, m, 4 * m)):
+        x = rng.standard_normal((batch, card.in_channels, height, width), dtype=np.float32)
+        before = _run(original_bytes, contract.input_name, x)
+        after = _run(new_bytes, contract.input_name, x)
+        if before.shape != after.shape or not np.allclose(before, after, atol=1e-4, rtol=1e-4):
+            return model, False, "the simplified graph disagreed with the original; kept original"
+    return simplified, True, "simplified"
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` block to ``seconds[stage]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
+
+
+def _check_destination(out: Path, force: bool) -> None:
+    """Refuse a bad or existing ``out`` and an unwritable folder before a minute of exporting."""
+    if out.suffix != ".onnx":
+        raise SegdeployError(f"output {out} must end in .onnx")
+    if out.exists() and not force:
+        raise SegdeployError(f"{out} already exists; pass --force to replace it")
+    probe = out.with_name(f".{out.name}.probe")
+    atomic_write(probe, lambda tmp: tmp.write_bytes(b""))
+    probe.unlink()
+
+
+def _finish_graph(onnx_model: onnx.ModelProto, card: ModelCard, checkpoint: Path, opset: int):
+    """Put the card and provenance into ``metadata_props``, then run onnx's full check."""
+    size = trace_size(card)
+    attach_metadata(
+        onnx_model,
+        {
+            ONNX_METADATA_KEY: card.to_json(),
+            artifacts.VERSION_KEY: __version__,
+            artifacts.OPSET_KEY: str(opset),
+            artifacts.EXPORT_SHAPE_KEY: json.dumps([2, card.in_channels, size, size]),
+            artifacts.CHECKPOINT_SHA256_KEY: file_sha256(checkpoint),
+            artifacts.TORCH_VERSION_KEY: torch.__version__,
+        },
+    )
+    onnx_model.producer_name = "segdeploy"
+    onnx_model.producer_version = __version__
+    try:
+        onnx.checker.check_model(onnx_model, full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise SegdeployError(f"the exported graph failed onnx.checker: {err}") from None
+
+
+def _report_context(
+    checkpoint: Path,
+    out: Path,
+    opset: int,
+    nodes: tuple[int, int],
+    note: str,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """What the parity report records besides the comparison: provenance, timings, versions."""
+    return {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "onnx": str(out),
+        "opset": opset,
+        "nodes_before_simplify": nodes[0],
+        "nodes_after_simplify": nodes[1],
+        "simplify": note,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "versions": {
+            "segdeploy": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+        },
+    }
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    do_simplify: bool = True,
+    force: bool = False,
+    shapes: list[tuple[int, int, int]] | None = None,
+    providers: list[str] | None = None,
+) -> ExportResult:
+    """Export a segdeploy checkpoint to ONNX and publish it only if it passes the parity gate.
+
+    Args:
+        checkpoint: a ``.pt`` written by ``segdeploy train`` / :func:`save_checkpoint`.
+        out: destination, ``exports/<checkpoint stem>.onnx`` by default.
+        opset: ONNX opset for the dynamo exporter.
+        do_simplify: run onnxsim (kept only if it leaves every dim symbolic and runs).
+        force: replace an existing ``out``.
+        shapes: parity shapes ``(batch, height, width)``; defaults to
+            :data:`~segdeploy.export.contract.DEFAULT_PARITY_SHAPES`.
+        providers: ONNX Runtime providers to check; default: every usable one.
+
+    Raises:
+        ParityError: ONNX Runtime disagrees with PyTorch (the report is still written next to
+            ``out``, and carried by the error).
+        SegdeployError: bad checkpoint, existing output without ``force``, unwritable folder or a
+            failed export.
+    """
+    checkpoint = Path(checkpoint)
+    out = Path(out) if out is not None else artifacts.default_export_path(checkpoint)
+    _check_destination(out, force)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    with _timed(seconds, "export"):
+        model, card = load_checkpoint(checkpoint)
+        for _, height, width in shapes or ():
+            card.require_size(height, width)  # bad --shapes are the user's error, not parity's
+        onnx_model = to_onnx(model, card, opset)
+    nodes_before = len(onnx_model.graph.node)
+    simplified, note = False, "skipped (--no-simplify)"
+    with _timed(seconds, "simplify"):
+        if do_simplify:
+            onnx_model, simplified, note = simplify(onnx_model, card)
+    _finish_graph(onnx_model, card, checkpoint, opset)
+    with _timed(seconds, "parity"):
+        report = check_parity(onnx_model, model, card, shapes, providers, name=out.name)
+    seconds["total"] = time.perf_counter() - started
+    nodes = (nodes_before, len(onnx_model.graph.node))
+    report.context = _report_context(checkpoint, out, opset, nodes, note, seconds)
+    report_path = artifacts.parity_report_path(out)
+    atomic_write(report_path, lambda tmp: tmp.write_text(report.to_json()))
+    if not report.passed:
+        raise ParityError(
+            f"ONNX Runtime disagrees with PyTorch, so {out} was not written: "
+            f"{report.failures()[0]} (full report: {report_path})",
+            report,
+        )
+    atomic_write(out, lambda tmp: onnx.save_model(onnx_model, tmp))
+    return ExportResult(out, report_path, report, *nodes, simplified, note, seconds)

@@ -1,0 +1,60 @@
+"""ONNX file helpers that need the ``onnx`` package but no torch: load, read the card, metadata.
+
+Quantisation and FP16 conversion work on exported files only, so they use these and never pull in
+torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from segdeploy.core.artifacts import PRECISION_KEY
+from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
+from segdeploy.core.errors import SegdeployError
+
+
+def graph_dims(value_info: onnx.ValueInfoProto) -> list[str | int]:
+    """Dims of a graph input/output: the symbol when symbolic, else the number."""
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def attach_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
+    """Set ``metadata_props`` entries, replacing existing keys."""
+    kept = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX file, or raise one :class:`SegdeployError` sentence naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegdeployError(f"ONNX file {path} does not exist")
+    try:
+        return onnx.load(path)
+    except Exception as err:  # protobuf raises DecodeError and others for truncated/garbage files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SegdeployError(f"{path} is not a readable ONNX model ({first})") from None
+
+
+def read_card(model: onnx.ModelProto, source: str) -> ModelCard:
+    """The model card stored in an ONNX model's ``metadata_props``."""
+    props = {p.key: p.value for p in model.metadata_props}
+    if ONNX_METADATA_KEY not in props:
+        raise SegdeployError(f"{source} carries no segdeploy model card (not a segdeploy export)")
+    return ModelCard.from_json(props[ONNX_METADATA_KEY], source=source)
+
+
+def require_fp32(model: onnx.ModelProto, path: Path, command: str) -> None:
+    """Refuse a variant as input: quantising an INT8 or FP16 graph again breaks or degrades it."""
+    precision = next((p.value for p in model.metadata_props if p.key == PRECISION_KEY), "fp32")
+    if precision != "fp32":
+        raise SegdeployError(
+            f"{path} is already an {precision} variant; {command} takes the FP32 export it was "
+            "made from"
+        )
