@@ -14,7 +14,7 @@ def labelled_samples(
     """``count`` normalised images ``(N, C, size, size)`` and their labels (masks or classes)."""
     from torch.utils.data import Subset
 
-    from segdeploy.train.loop import TrainConfig, build_datasets
+    from segdeploy.train import TrainConfig, build_datasets
 
     config = TrainConfig(
         arch=card.arch,

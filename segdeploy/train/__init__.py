@@ -8,6 +8,7 @@ checkpoint  weights + model card as plain data
 """
 
 from segdeploy.train.config import TrainConfig
-from segdeploy.train.loop import TrainResult, build_datasets, freeze_frozen_batchnorm, train
+from segdeploy.train.datasets import build_datasets
+from segdeploy.train.loop import TrainResult, freeze_frozen_batchnorm, train
 
 __all__ = ["TrainConfig", "TrainResult", "build_datasets", "freeze_frozen_batchnorm", "train"]

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.images import load_image
 from segdeploy.core.metrics import IGNORE_INDEX
 from segdeploy.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE
 from segdeploy.data.synthetic import ROAD_CLASSES, render_road_scene
+from segdeploy.train.config import TrainConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS = (".png",)
@@ -518,3 +519,72 @@ def compute_class_weights(
     weights[~present] = weights[present].max()
     weights /= weights.mean()
     return torch.tensor(weights, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Train and validation sets from a TrainConfig
+# --------------------------------------------------------------------------------------------
+
+
+def _class_names_for_folder(root: Path, given: tuple[str, ...] | None) -> tuple[str, ...]:
+    if given:
+        return tuple(given)
+    names_file = root / "classes.txt"
+    if names_file.is_file():
+        names = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
+        if names:
+            return names
+    raise SegdeployError(
+        f"{root} has no classes.txt; pass --classes background,road,... "
+        "(one name per label value in the masks)"
+    )
+
+
+def _split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    n = len(dataset)
+    n_val = max(1, round(n * val_fraction))
+    if n - n_val < 1:
+        raise SegdeployError(f"need at least 2 samples to split train/val, found {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, order[n_val:]), Subset(dataset, order[:n_val])
+
+
+def build_datasets(
+    config: TrainConfig, task: str, size: int
+) -> tuple[Dataset, Dataset, tuple[str, ...], str]:
+    """Train and validation sets, class names and a one-line description of the data."""
+    hw = (size, size)
+    if config.data == "synthetic":
+        make = SyntheticRoadScenes if task == "segmentation" else SyntheticRoadCrops
+        train_set = make(config.train_samples, size=hw, seed=config.seed)
+        # A different seed gives scenes the model has never seen.
+        val_set = make(config.val_samples, size=hw, seed=config.seed + 10_000)
+        return train_set, val_set, train_set.class_names, train_set.describe()
+
+    root = Path(config.data)
+    if not root.is_dir():
+        raise SegdeployError(f"data folder {root} does not exist (or use 'synthetic')")
+    has_split = (root / "train").is_dir() and (root / "val").is_dir()
+    if task == "segmentation":
+        names = _class_names_for_folder(root, config.classes)
+
+        def make_folder(path: Path, augment: bool) -> Dataset:
+            return SegmentationFolder(
+                path, num_classes=len(names), size=hw, augment=augment, class_names=names
+            )
+
+    else:
+
+        def make_folder(path: Path, augment: bool) -> Dataset:
+            return ClassificationFolder(path, size=hw, augment=augment)
+
+    if has_split:
+        train_set, val_set = make_folder(root / "train", True), make_folder(root / "val", False)
+    else:
+        train_set, val_set = _split(make_folder(root, True), config.val_fraction, config.seed)
+        # The validation subset must not be augmented: give it its own un-augmented dataset.
+        val_set = Subset(make_folder(root, False), val_set.indices)
+    base = train_set.dataset if isinstance(train_set, Subset) else train_set
+    if task == "classification":
+        names = base.class_names
+    return train_set, val_set, tuple(names), f"{base.describe()} ({len(val_set)} held out)"
