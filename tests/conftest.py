@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
-    """``{arch: path}`` of an untrained tiny-variant checkpoint for every registered arch."""
+    """``{arch: path}`` of an untrained smallest-variant checkpoint for every registered arch."""
     torch = pytest.importorskip("torch")
     from segdeploy.core.card import ModelCard
     from segdeploy.models import create_model, get_spec, list_models
@@ -17,7 +17,7 @@ def tiny_checkpoints(tmp_path_factory):
     paths = {}
     for arch in list_models():
         spec = get_spec(arch)
-        kwargs = spec.variant_kwargs("tiny")
+        kwargs = spec.variant_kwargs(spec.smallest_variant)
         torch.manual_seed(0)
         model = create_model(arch, num_classes=4, **kwargs).eval()
         card = ModelCard(

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import openvino as ov
 
-from segdeploy.tools.bench import Timing, time_calls
+from segdeploy.tools.timing import Timing, time_calls
 
 
 def p50_ms(call) -> float:

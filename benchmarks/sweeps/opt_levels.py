@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from segdeploy.tools.bench import Timing, time_calls
+from segdeploy.tools.timing import Timing, time_calls
 
 LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -42,7 +42,7 @@ def main(model_path: str, runs: int) -> None:
             stages["decode"].append(ms)
             ms, (batch, sizes) = timed(lambda i=image: to_model_input([i], card.mean, card.std))
             stages["pre"].append(ms)
-            ms, logits = timed(lambda b=batch: model._run(b))
+            ms, logits = timed(lambda b=batch: model.run_batch(b))
             stages["run"].append(ms)
             ms, _ = timed(lambda out=logits, s=sizes: masks_from_logits(out, s))
             stages["post"].append(ms)

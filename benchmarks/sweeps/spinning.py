@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 
 from segdeploy.runtime import open_model
-from segdeploy.tools.bench import _torch_model
+from segdeploy.tools.bench import eager_model
 
 
 def session(path: str, spinning: bool) -> ort.InferenceSession:
@@ -44,7 +44,7 @@ def timed(call) -> float:
 def measure(path: str, size: int, runs: int) -> dict:
     x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
     feed = {"image": x}
-    eager = _torch_model(open_model(path, provider="cpu").card)
+    eager = eager_model(open_model(path, provider="cpu").card)
     tensor = torch.from_numpy(x)
     row: dict = {"model": path, "size": size}
     alone: dict[bool, list[float]] = {True: [], False: []}

@@ -6,16 +6,22 @@ model nothing but the position prior to learn), every class is *rendered into th
 textured road, saturated boxy vehicles with dark windows, thin upright pedestrians with a head,
 and background clutter. A small U-Net can therefore genuinely learn to read pixels.
 
-numpy only; the datasets that wrap it live in :mod:`segdeploy.train.datasets`.
+:func:`render_road_scene` paints a scene layer by layer (sky and ground, buildings, clutter, road,
+objects, photometric jitter), one helper per layer; :func:`render_road_crop` cuts the
+classification twin, a crop labelled by its centre pixel. numpy only; the torch datasets that wrap
+them live in :mod:`segdeploy.train.datasets`.
 """
 
 from __future__ import annotations
 
 import colorsys
+from dataclasses import dataclass
 
 import numpy as np
 
 ROAD_CLASSES = ("background", "road", "vehicle", "pedestrian")
+#: Validation items use ``seed + VALIDATION_SEED_OFFSET``: scenes a model never trained on.
+VALIDATION_SEED_OFFSET = 10_000
 _BACKGROUND, _ROAD, _VEHICLE, _PEDESTRIAN = range(4)
 
 
@@ -153,38 +159,96 @@ def render_road_scene(
     """
     if height < 16 or width < 16:
         raise ValueError(f"scene size must be at least 16x16, got {height}x{width}")
+    # One generator drawn from in a fixed order: the layers below must keep their order, or
+    # every scene (and every test and benchmark built on one) changes.
     rng = np.random.default_rng([seed, index])
-    H, W = height, width
-    img = np.empty((H, W, 3), dtype=np.float32)  # (H, W, 3) float in [0, 255]
-    mask = np.zeros((H, W), dtype=np.uint8)
-    ys = np.arange(H, dtype=np.float32)[:, None] + 0.5  # (H, 1)
-    xs = np.arange(W, dtype=np.float32)[None, :] + 0.5  # (1, W)
+    scene = _new_scene(rng, height, width)
+    _paint_sky_and_ground(scene, rng)
+    _paint_buildings(scene, rng)
+    _paint_clutter(scene, rng)
+    road = _paint_road(scene, rng)
+    _paint_objects(scene, rng, road)
+    _jitter_photometrics(scene.img, rng)
+    return scene.img.astype(np.uint8), scene.mask
+
+
+@dataclass
+class _Scene:
+    """A scene being painted, and the noise fields its surfaces share."""
+
+    img: np.ndarray  # (H, W, 3) float32 in [0, 255]
+    mask: np.ndarray  # (H, W) uint8 class indices
+    ys: np.ndarray  # (H, 1) pixel-centre rows
+    xs: np.ndarray  # (1, W) pixel-centre columns
+    texture: np.ndarray  # (H, W) fine per-pixel grain
+    coarse: np.ndarray  # (H, W) coarse blotches
+    horizon: int  # first ground row
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape
+
+
+@dataclass
+class _Road:
+    """The road trapezoid: centre and half-width at the horizon (top) and the bottom edge."""
+
+    horizon: int
+    height: int
+    cx_top: float
+    half_top: float
+    cx_bot: float
+    half_bot: float
+
+    def row(self, t: float) -> tuple[float, float, float]:
+        """(y, centre x, half-width) of the road at depth ``t`` (0 horizon, 1 bottom edge)."""
+        y = self.horizon + t * (self.height - self.horizon)
+        centre = self.cx_top + t * (self.cx_bot - self.cx_top)
+        return y, centre, self.half_top + t * (self.half_bot - self.half_top)
+
+
+def _new_scene(rng: np.random.Generator, H: int, W: int) -> _Scene:
+    """An unpainted canvas, its noise fields and the horizon row."""
     texture = rng.standard_normal((H, W), dtype=np.float32)  # fine per-pixel grain
     # Coarse blotches (grass patches, road wear): upsampled low-resolution noise.
     cell = max(H, W) // 16 or 1
     coarse = rng.standard_normal((H // cell + 1, W // cell + 1), dtype=np.float32)
     coarse = np.repeat(np.repeat(coarse, cell, axis=0), cell, axis=1)[:H, :W]
+    return _Scene(
+        img=np.empty((H, W, 3), dtype=np.float32),
+        mask=np.zeros((H, W), dtype=np.uint8),
+        ys=np.arange(H, dtype=np.float32)[:, None] + 0.5,
+        xs=np.arange(W, dtype=np.float32)[None, :] + 0.5,
+        texture=texture,
+        coarse=coarse,
+        horizon=int(H * rng.uniform(0.28, 0.5)),
+    )
 
-    horizon = int(H * rng.uniform(0.28, 0.5))
 
+def _paint_sky_and_ground(scene: _Scene, rng: np.random.Generator) -> None:
+    """Sky above the horizon, grass or dirt below it (both background)."""
+    img, horizon = scene.img, scene.horizon
     # Sky: a vertical gradient, brightening towards the horizon.
     sky_top = _hsv(rng.uniform(0.52, 0.66), rng.uniform(0.3, 0.7), rng.uniform(0.6, 1.0))
     sky_low = sky_top * 0.55 + 255.0 * 0.45 * rng.uniform(0.7, 1.0)
-    frac = ys[:horizon] / max(horizon, 1)  # (horizon, 1)
+    frac = scene.ys[:horizon] / max(horizon, 1)  # (horizon, 1)
     img[:horizon] = sky_top + (sky_low - sky_top) * frac[..., None]
     # Ground: grass or dirt, with blotches and grain.
     if rng.random() < 0.6:
         ground = _hsv(rng.uniform(0.18, 0.38), rng.uniform(0.35, 0.75), rng.uniform(0.3, 0.65))
     else:
         ground = _hsv(rng.uniform(0.05, 0.12), rng.uniform(0.35, 0.65), rng.uniform(0.3, 0.6))
-    g_var = 1.0 + 0.15 * coarse[horizon:, :, None] + 0.08 * texture[horizon:, :, None]
+    g_var = 1.0 + 0.15 * scene.coarse[horizon:, :, None] + 0.08 * scene.texture[horizon:, :, None]
     img[horizon:] = ground * g_var
 
-    # Buildings standing on the horizon: dull brick/tan/slate with a window grid.
+
+def _paint_buildings(scene: _Scene, rng: np.random.Generator) -> None:
+    """Buildings standing on the horizon: dull brick/tan/slate with a window grid."""
+    H, W = scene.shape
     for _ in range(rng.integers(0, 5)):
         bw, bh = W * rng.uniform(0.08, 0.25), H * rng.uniform(0.08, 0.3)
         bx = W * rng.uniform(-0.05, 1.0)
-        win = _window((H, W), horizon - bh, horizon, bx, bx + bw)
+        win = _window((H, W), scene.horizon - bh, scene.horizon, bx, bx + bw)
         if win is None:
             continue
         _, _, yy, xx = win
@@ -192,10 +256,16 @@ def render_road_scene(
         wall = _hsv(hue, rng.uniform(0.1, 0.45), rng.uniform(0.3, 0.75))
         period = max(3.0, W * rng.uniform(0.03, 0.06))
         panes = ((yy % period) < period * 0.5) & ((xx % period) < period * 0.5)  # (h, w)
-        _paint(img, None, win, None, wall * np.where(panes, 0.65, 1.0)[..., None])
+        _paint(scene.img, None, win, None, wall * np.where(panes, 0.65, 1.0)[..., None])
 
-    # Clutter blobs (bushes, trees, dirt, rocks): textured, moderately saturated, never the
-    # bright saturated paint of vehicles; drawn before the road, so the road covers some.
+
+def _paint_clutter(scene: _Scene, rng: np.random.Generator) -> None:
+    """Clutter blobs (bushes, trees, dirt, rocks), labelled background.
+
+    Textured and moderately saturated, never the bright saturated paint of vehicles; drawn
+    before the road, so the road covers some.
+    """
+    H, W = scene.shape
     for _ in range(rng.integers(2, 7)):
         ry, rx = H * rng.uniform(0.03, 0.12), W * rng.uniform(0.03, 0.15)
         cy, cx = H * rng.uniform(0.15, 1.0), W * rng.uniform(0.0, 1.0)
@@ -206,21 +276,25 @@ def render_road_scene(
         blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
         hue = rng.uniform(0.05, 0.4)
         base = _hsv(hue, rng.uniform(0.2, 0.6), rng.uniform(0.15, 0.6))
-        grain = 1.0 + 0.25 * texture[sy, sx][..., None]  # (h, w, 1): rough surface
-        _paint(img, None, win, blob, base * grain)
+        grain = 1.0 + 0.25 * scene.texture[sy, sx][..., None]  # (h, w, 1): rough surface
+        _paint(scene.img, None, win, blob, base * grain)
 
-    # Road: a perspective trapezoid from the horizon to the bottom edge.
+
+def _paint_road(scene: _Scene, rng: np.random.Generator) -> _Road:
+    """Road: a perspective trapezoid from the horizon to the bottom edge, maybe a centre line."""
+    H, W = scene.shape
+    img, ys, horizon = scene.img, scene.ys, scene.horizon
     cx_top, half_top = W * rng.uniform(0.35, 0.65), W * rng.uniform(0.02, 0.08)
     cx_bot, half_bot = W * rng.uniform(0.3, 0.7), W * rng.uniform(0.28, 0.6)
     depth = np.clip((ys - horizon) / max(H - horizon, 1), 0.0, 1.0)  # (H, 1): 0 far, 1 near
     centre = cx_top + depth * (cx_bot - cx_top)  # (H, 1)
     half = half_top + depth * (half_bot - half_top)  # (H, 1)
-    dx = xs - centre  # (H, W)
+    dx = scene.xs - centre  # (H, W)
     road = (ys >= horizon) & (np.abs(dx) <= half)
     grey = rng.uniform(65.0, 150.0) + rng.uniform(-6.0, 6.0, size=3).astype(np.float32)
-    road_grain = 1.0 + 0.12 * texture + 0.06 * coarse  # (H, W)
+    road_grain = 1.0 + 0.12 * scene.texture + 0.06 * scene.coarse  # (H, W)
     img[road] = grey * road_grain[road][:, None]
-    mask[road] = _ROAD
+    scene.mask[road] = _ROAD
     if rng.random() < 0.75:
         # Dashed centre line; dash phase follows 1/depth so dashes shrink with distance.
         line_half = max(0.5, W * 0.008) * (0.3 + depth)  # (H, 1)
@@ -228,23 +302,24 @@ def render_road_scene(
         lane = road & (np.abs(dx) <= line_half) & dashes
         paint = _hsv(0.14, 0.8, 0.9) if rng.random() < 0.3 else _hsv(0, 0, 0.9)
         img[lane] = paint  # still labelled road: markings are part of the road surface
+    return _Road(horizon, H, cx_top, half_top, cx_bot, half_bot)
 
-    def road_row(t: float) -> tuple[float, float, float]:
-        y = horizon + t * (H - horizon)
-        return y, cx_top + t * (cx_bot - cx_top), half_top + t * (half_bot - half_top)
 
-    # Objects, painted far to near so nearer ones occlude farther ones.
+def _paint_objects(scene: _Scene, rng: np.random.Generator, road: _Road) -> None:
+    """1-3 vehicles on the road and 1-3 pedestrians, painted far to near so nearer ones
+    occlude farther ones."""
+    H, W = scene.shape
     objects: list[tuple[float, str, tuple]] = []
     for _ in range(rng.integers(1, 4)):
         t = rng.uniform(0.2, 1.0)
-        y, c, h = road_row(t)
+        y, c, h = road.row(t)
         vw = max(h * rng.uniform(0.45, 0.8), W * 0.08)
         vh = vw * rng.uniform(0.55, 0.9)
         vx = np.clip(c + rng.uniform(-0.6, 0.6) * h, vw * 0.3, W - vw * 0.3)
         objects.append((y, "vehicle", (min(y, H), vx, vw, vh)))
     for _ in range(rng.integers(1, 4)):
         t = rng.uniform(0.15, 1.0)
-        y, c, h = road_row(t)
+        y, c, h = road.row(t)
         ph = H * (0.18 + 0.2 * t) * rng.uniform(0.85, 1.15)
         # Mostly on the verge beside the road, sometimes crossing it.
         side = rng.choice((-1.0, 1.0))
@@ -254,19 +329,53 @@ def render_road_scene(
     objects.sort(key=lambda o: o[0])
     for _, kind, args in objects:
         if kind == "vehicle":
-            _draw_vehicle(img, mask, rng, *args)
+            _draw_vehicle(scene.img, scene.mask, rng, *args)
         else:
-            _draw_pedestrian(img, mask, rng, *args)
+            _draw_pedestrian(scene.img, scene.mask, rng, *args)
 
-    # Global photometric jitter, then sensor noise: models must not key on exact colours.
+
+def _jitter_photometrics(img: np.ndarray, rng: np.random.Generator) -> None:
+    """Global photometric jitter, then sensor noise (in place, clipped to [0, 255]): models
+    must not key on exact colours."""
     contrast = rng.uniform(0.75, 1.25)
     brightness = rng.uniform(-25.0, 25.0)
     img -= 128.0
     img *= contrast
     img += 128.0 + brightness
     # Luminance-only noise: a third of the random draws of per-channel noise, same purpose.
-    noise = rng.standard_normal((H, W, 1), dtype=np.float32)  # (H, W, 1)
+    noise = rng.standard_normal((*img.shape[:2], 1), dtype=np.float32)  # (H, W, 1)
     noise *= rng.uniform(2.0, 8.0)
     img += noise
     np.clip(img, 0.0, 255.0, out=img)
-    return img.astype(np.uint8), mask
+
+
+# --------------------------------------------------------------------------------------------
+# Classification crops
+# --------------------------------------------------------------------------------------------
+
+
+def render_road_crop(index: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """A ``height x width`` crop of a road scene and the class at its centre pixel.
+
+    Item ``index`` renders a scene twice the crop size, picks a pixel of class
+    ``index % len(ROAD_CLASSES)`` (so classes are balanced over consecutive indices) whose
+    window fits inside the scene, and crops the window centred on it. Deterministic per
+    ``(seed, index)``.
+
+    Returns:
+        ``(crop, label)``: crop (height, width, 3) uint8 RGB, label the centre pixel's class.
+    """
+    h, w = height, width
+    image, mask = render_road_scene(index, 2 * h, 2 * w, seed=seed)
+    rng = np.random.default_rng([seed, index, 1])
+    # Only centres whose window fits inside the scene; fall back to any class if needed.
+    inner = np.zeros_like(mask, dtype=bool)
+    inner[h // 2 : h // 2 + h, w // 2 : w // 2 + w] = True
+    wanted = index % len(ROAD_CLASSES)
+    ys, xs = np.nonzero(inner & (mask == wanted))
+    if len(ys) == 0:
+        ys, xs = np.nonzero(inner)
+    pick = rng.integers(len(ys))
+    cy, cx = int(ys[pick]), int(xs[pick])
+    crop = image[cy - h // 2 : cy - h // 2 + h, cx - w // 2 : cx - w // 2 + w]
+    return np.ascontiguousarray(crop), int(mask[cy, cx])

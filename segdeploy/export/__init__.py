@@ -14,8 +14,7 @@ while ``from segdeploy.export import export_checkpoint`` still reads naturally.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from segdeploy.core.lazy import lazy_attributes
 
 _LAZY = {
     "CONTRACTS": "contract",
@@ -34,9 +33,4 @@ _LAZY = {
     "convert_fp16": "fp16",
 }
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)

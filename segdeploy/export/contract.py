@@ -9,11 +9,29 @@ from dataclasses import dataclass, field
 
 from segdeploy.core.card import ModelCard
 from segdeploy.core.parity import Tolerance
+from segdeploy.core.preprocess import SIZE_MULTIPLE
 
 DEFAULT_OPSET = 18
-#: Parity shapes (batch, height, width): the smallest legal size, a non-square batch-1 image and
-#: a non-square batch > 1; none equals the traced (2, S, S).
-DEFAULT_PARITY_SHAPES = ((1, 16, 16), (1, 48, 80), (3, 64, 32))
+#: Parity shapes (batch, height, width) in size multiples: the smallest legal size, a non-square
+#: batch-1 image and a non-square batch > 1; none equals the traced (2, S, S).
+PARITY_SHAPES_IN_MULTIPLES = ((1, 1, 1), (1, 3, 5), (3, 4, 2))
+
+# The INT8 accuracy gate (``segdeploy quantize``): calibration images ("synthetic" scenes or a
+# data folder), held-out images it grades FP32 and INT8 on, and the largest tolerated drop of
+# mIoU / accuracy as a fraction (0.01 = 1 point).
+DEFAULT_CALIBRATION = "synthetic"
+DEFAULT_CALIBRATION_SAMPLES = 64
+DEFAULT_EVAL_SAMPLES = 64
+DEFAULT_MAX_DROP = 0.01
+
+
+def default_parity_shapes(size_multiple: int) -> list[tuple[int, int, int]]:
+    """:data:`PARITY_SHAPES_IN_MULTIPLES` in pixels: (1, 16, 16), (1, 48, 80), (3, 64, 32) at 16."""
+    return [(b, h * size_multiple, w * size_multiple) for b, h, w in PARITY_SHAPES_IN_MULTIPLES]
+
+
+#: The parity shapes of every model here (size multiple 16), for help texts.
+DEFAULT_PARITY_SHAPES = tuple(default_parity_shapes(SIZE_MULTIPLE))
 
 
 @dataclass(frozen=True)

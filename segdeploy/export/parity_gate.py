@@ -17,7 +17,7 @@ from torch import nn
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.parity import CaseReport, ParityReport, check_dims, check_names, compare_values
-from segdeploy.export.contract import CONTRACTS, DEFAULT_PARITY_SHAPES
+from segdeploy.export.contract import CONTRACTS, default_parity_shapes
 from segdeploy.export.onnx_file import graph_dims, load_onnx, read_card
 from segdeploy.runtime.session import SessionOptions, create_session, usable_providers
 from segdeploy.train.checkpoint import load_checkpoint
@@ -62,7 +62,7 @@ def check_parity(
     providers = providers or usable_providers()
     rng = np.random.default_rng(1234)
     inputs = []
-    for batch, height, width in shapes or DEFAULT_PARITY_SHAPES:
+    for batch, height, width in shapes or default_parity_shapes(card.size_multiple):
         try:
             card.require_size(height, width)
         except SegdeployError as err:  # reported in the layered report, like any other failure

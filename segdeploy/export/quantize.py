@@ -28,6 +28,12 @@ from segdeploy.core.artifacts import CALIBRATION_KEY, PRECISION_KEY, variant_pat
 from segdeploy.core.errors import AccuracyGateError
 from segdeploy.core.fileio import atomic_write
 from segdeploy.data.samples import labelled_samples
+from segdeploy.export.contract import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_CALIBRATION_SAMPLES,
+    DEFAULT_EVAL_SAMPLES,
+    DEFAULT_MAX_DROP,
+)
 from segdeploy.export.gates import evaluate_onnx
 from segdeploy.export.onnx_file import attach_metadata, load_onnx, read_card, require_fp32
 
@@ -58,14 +64,43 @@ class CalibrationBatches(CalibrationDataReader):
         return next(self._feeds, None)
 
 
+def quantize_static_qdq(
+    onnx_path: Path, input_name: str, calib_images: np.ndarray
+) -> onnx.ModelProto:
+    """ONNX Runtime's static QDQ quantisation of ``onnx_path``, calibrated on ``calib_images``.
+
+    Per-channel S8 weights, U8 activations, MinMax calibration; the pre-processing skips
+    symbolic shape inference, which fails on the ``16*h`` dims.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quantized = Path(tmp) / "int8.onnx"
+        quant_pre_process(onnx_path, prepared, skip_symbolic_shape=True)
+        quantize_static(
+            prepared,
+            quantized,
+            CalibrationBatches(input_name, calib_images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            # U8 activations x S8 weights: on an AVX2 CPU without VNNI this ran ResNet-18 and the
+            # full U-Net 1.85x / 1.91x faster than FP32, where S8 activations gained 1.0x / 1.3x
+            # (ORT's x86 int8 kernels multiply unsigned by signed bytes). benchmarks/README.md.
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        return onnx.load(quantized)
+
+
 def quantize_int8(
     onnx_path: str | Path,
     out: str | Path | None = None,
-    calib: str = "synthetic",
-    samples: int = 64,
-    eval_samples: int = 64,
+    calib: str = DEFAULT_CALIBRATION,
+    samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    eval_samples: int = DEFAULT_EVAL_SAMPLES,
     size: int | None = None,
-    max_drop: float = 0.01,
+    max_drop: float = DEFAULT_MAX_DROP,
 ) -> QuantizeResult:
     """Write ``<name>.int8.onnx`` next to ``onnx_path`` if the accuracy drop is within budget.
 
@@ -89,25 +124,7 @@ def quantize_int8(
     # A different seed: the gate must not grade the model on its calibration images.
     eval_images, eval_labels = labelled_samples(card, calib, eval_samples, size, seed=2)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quantized = Path(tmp) / "int8.onnx"
-        quant_pre_process(onnx_path, prepared, skip_symbolic_shape=True)
-        quantize_static(
-            prepared,
-            quantized,
-            CalibrationBatches(model.graph.input[0].name, calib_images),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            # U8 activations x S8 weights: on an AVX2 CPU without VNNI this ran ResNet-18 and the
-            # full U-Net 1.85x / 1.91x faster than FP32, where S8 activations gained 1.0x / 1.3x
-            # (ORT's x86 int8 kernels multiply unsigned by signed bytes). benchmarks/README.md.
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
-        int8_model = onnx.load(quantized)
+    int8_model = quantize_static_qdq(onnx_path, model.graph.input[0].name, calib_images)
     attach_metadata(
         int8_model,
         {p.key: p.value for p in model.metadata_props}

@@ -23,6 +23,8 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 
+from segdeploy.models.registry import register_model
+
 
 class DeepLabSegmenter(DeepLabV3):
     """DeepLabV3 whose ``forward`` maps ``(B, 3, H, W)`` to logits ``(B, K, H, W)``."""
@@ -44,6 +46,13 @@ class DeepLabSegmenter(DeepLabV3):
         return out, aux
 
 
+@register_model(
+    task="segmentation",
+    variants={"tiny": {"layers": [1, 1, 1, 1]}, "full": {}},
+    default_variant="full",
+    train_size=128,
+    description="torchvision DeepLabV3, dilated ResNet-50 backbone (output stride 8)",
+)
 def build_deeplabv3_resnet50(
     num_classes: int, layers: Sequence[int] = (3, 4, 6, 3), aux_loss: bool = True
 ) -> DeepLabSegmenter:
@@ -57,6 +66,13 @@ def build_deeplabv3_resnet50(
     )
 
 
+@register_model(
+    task="segmentation",
+    variants={"tiny": {"width_mult": 0.25}, "full": {}},
+    default_variant="full",
+    train_size=128,
+    description="torchvision DeepLabV3, MobileNetV3-Large backbone (output stride 16)",
+)
 def build_deeplabv3_mobilenet_v3_large(
     num_classes: int, width_mult: float = 1.0, aux_loss: bool = True
 ) -> DeepLabSegmenter:

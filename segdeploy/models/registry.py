@@ -1,19 +1,28 @@
 """A registry that maps architecture names to builders (in the style of timm's ``register_model``).
 
 Each entry is an :class:`ArchSpec`: the builder plus the data that the rest of the pipeline needs
-without special-casing the model (its task, a small configuration for tests, a sensible training
-size). Tests and the parity suite are generated from :func:`list_models`.
+without special-casing the model (its task, its size variants, a sensible training size, the
+multiple its input sizes must be). Builders register themselves with the :func:`register_model`
+decorator, next to their definition::
+
+    @register_model(task="segmentation", variants={"tiny": {...}, "full": {}})
+    def build_mynet(num_classes: int, **kwargs) -> nn.Module: ...
+
+Tests and the parity suite are generated from :func:`list_models`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
 from segdeploy.core.errors import SegdeployError
+from segdeploy.core.preprocess import SIZE_MULTIPLE
+
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 
 @dataclass(frozen=True)
@@ -25,12 +34,17 @@ class ArchSpec:
         task: ``"segmentation"`` or ``"classification"``.
         builder: ``builder(num_classes=..., **kwargs) -> nn.Module``; the module maps
             ``(B, C, H, W)`` float images to logits ``(B, K, H, W)`` or ``(B, K)``.
-        variants: named builder configurations: ``tiny`` (fast tests, parity matrix),
-            ``small`` (the CPU training default) and ``full`` (the published architecture).
+        variants: named builder configurations, declared smallest first. An architecture with
+            several sizes declares e.g. ``tiny`` (fast tests, parity matrix), ``small`` and
+            ``full`` (the published architecture); one with a single size declares only that.
         train_size: default training/export height and width.
         description: one line for ``segdeploy models``.
         load_pretrained: ``(model, path) -> None`` loads local pretrained weights, if supported.
         finetune: ``(model, policy) -> None`` freezes parameters by policy, if supported.
+        default_variant: what training builds when no variant is named; when left out, the
+            last (largest) declared variant.
+        size_multiple: input height and width must be multiples of this; it goes into the model
+            card and from there into the export contract and the runtime's padding.
     """
 
     name: str
@@ -41,6 +55,29 @@ class ArchSpec:
     description: str = ""
     load_pretrained: Callable[[nn.Module, Any], None] | None = None
     finetune: Callable[[nn.Module, str], None] | None = None
+    default_variant: str | None = None
+    size_multiple: int = SIZE_MULTIPLE
+
+    def __post_init__(self) -> None:
+        if self.default_variant is None and self.variants:
+            object.__setattr__(self, "default_variant", list(self.variants)[-1])
+        if self.default_variant is not None and self.default_variant not in self.variants:
+            raise ValueError(
+                f"'{self.name}': default variant '{self.default_variant}' is not declared"
+            )
+
+    @property
+    def smallest_variant(self) -> str:
+        """The first declared variant: what tests and the parity matrix build."""
+        if not self.variants:
+            raise SegdeployError(f"'{self.name}' declares no variants")
+        return next(iter(self.variants))
+
+    def resolve_variant(self, variant: str | None) -> str:
+        """``variant`` itself, or the default one when ``None``; unknown names raise."""
+        name = self.default_variant if variant is None else variant
+        self.variant_kwargs(name)  # raises for a name that is not declared
+        return name
 
     def variant_kwargs(self, variant: str) -> dict[str, Any]:
         """Builder kwargs of a named variant (a copy); unknown names raise."""
@@ -54,12 +91,37 @@ class ArchSpec:
 _REGISTRY: dict[str, ArchSpec] = {}
 
 
-def register_model(spec: ArchSpec) -> ArchSpec:
-    """Add an architecture; registering a name twice is a programming error."""
+def _add(spec: ArchSpec) -> ArchSpec:
     if spec.name in _REGISTRY:
         raise ValueError(f"architecture '{spec.name}' is already registered")
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def register_model(spec: ArchSpec | None = None, /, **fields: Any) -> Any:
+    """Register an architecture; registering a name twice is a programming error.
+
+    Two forms:
+
+    * ``register_model(ArchSpec(...))`` adds a ready spec and returns it;
+    * ``@register_model(task=..., variants=..., ...)`` above a builder: the keywords are the
+      other :class:`ArchSpec` fields; ``name`` defaults to the builder's name without its
+      ``build_`` prefix. The builder is returned unchanged.
+
+    Raises:
+        ValueError: the name is already registered.
+    """
+    if spec is not None:
+        if fields:
+            raise TypeError("register_model takes an ArchSpec or keyword fields, not both")
+        return _add(spec)
+
+    def decorator(builder: Builder) -> Builder:
+        name = fields.get("name") or builder.__name__.removeprefix("build_")
+        _add(ArchSpec(**{**fields, "name": name, "builder": builder}))
+        return builder
+
+    return decorator
 
 
 def list_models(task: str | None = None) -> list[str]:

@@ -14,14 +14,10 @@ from torch import nn
 from torchvision.models import resnet18
 
 from segdeploy.core.errors import SegdeployError
+from segdeploy.models.registry import register_model
 
 #: Which parameters stay trainable under each fine-tuning policy (name prefixes).
 FINETUNE_POLICIES = {"fc": ("fc.",), "layer4": ("layer4.", "fc."), "all": ("",)}
-
-
-def build_resnet18(num_classes: int) -> nn.Module:
-    """torchvision ResNet-18 with a ``num_classes``-way ``fc``; ``(B, 3, H, W) -> (B, K)``."""
-    return resnet18(weights=None, num_classes=num_classes)
 
 
 def load_pretrained_backbone(model: nn.Module, path: str | Path) -> None:
@@ -73,3 +69,17 @@ def apply_finetune_policy(model: nn.Module, policy: str) -> None:
     prefixes = FINETUNE_POLICIES[policy]
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(prefixes))
+
+
+# Registered below the functions it names: the decorator's arguments are evaluated at definition.
+@register_model(
+    task="classification",
+    variants={"full": {}},  # one size: the published ResNet-18
+    train_size=224,
+    description="torchvision ResNet-18 classifier, fine-tuned from a local ImageNet file",
+    load_pretrained=load_pretrained_backbone,
+    finetune=apply_finetune_policy,
+)
+def build_resnet18(num_classes: int) -> nn.Module:
+    """torchvision ResNet-18 with a ``num_classes``-way ``fc``; ``(B, 3, H, W) -> (B, K)``."""
+    return resnet18(weights=None, num_classes=num_classes)

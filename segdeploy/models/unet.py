@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segdeploy.models.registry import register_model
+
 
 class DoubleConv(nn.Sequential):
     """(conv 3x3 -> BN -> ReLU) x 2."""
@@ -107,7 +109,19 @@ class UNet(nn.Module):
         return self.outc(x)  # (B, num_classes, H, W)
 
 
+@register_model(
+    task="segmentation",
+    variants={
+        "tiny": {"features": [8, 16, 32, 64]},
+        "small": {"features": [16, 32, 64, 128]},
+        "full": {"features": [64, 128, 256, 512]},
+    },
+    default_variant="small",  # trains on CPU in minutes
+    train_size=128,
+    description="U-Net from scratch (bilinear upsampling, configurable widths)",
+)
 def build_unet(num_classes: int, **kwargs) -> UNet:
+    """:class:`UNet` with ``num_classes`` outputs; ``kwargs`` as :class:`UNet` takes them."""
     if "features" in kwargs:
         kwargs["features"] = tuple(kwargs["features"])
     return UNet(num_classes=num_classes, **kwargs)

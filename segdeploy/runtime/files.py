@@ -19,9 +19,9 @@ import numpy as np
 
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.fileio import atomic_write
+from segdeploy.core.images import load_image
 from segdeploy.runtime import postprocess
 from segdeploy.runtime.model import ClassificationModel, SegmentationModel
-from segdeploy.runtime.preprocess import load_image
 
 #: File extensions (lower case) that :func:`collect_images` picks up in folders.
 IMAGE_EXTENSIONS = frozenset(
@@ -212,18 +212,12 @@ def predict_files(
     plan_outputs(model, paths, out_dir, overlay)
 
     summary = PredictSummary(task=model.card.task, provider=model.provider)
+    report = progress_callback or (lambda path, error: None)
     colours = model.palette if segmentation else []
     rows: list[list[str]] = []
     started = time.perf_counter()
     for chunk in _batches(list(zip(paths, names, strict=True)), batch_size):
-        loaded = []
-        for path, name in chunk:
-            try:
-                loaded.append((path, name, load_image(path, channels=model.card.in_channels)))
-            except SegdeployError as err:
-                summary.failed.append((path, str(err)))
-                if progress_callback is not None:
-                    progress_callback(path, str(err))
+        loaded = _load_chunk(model, chunk, summary, report)
         if not loaded:
             continue
         results = model.predict_batch([image for _, _, image in loaded])
@@ -234,8 +228,7 @@ def predict_files(
                 label, probabilities = result
                 rows.append([str(path), label, *(f"{p:.6f}" for p in probabilities)])
             summary.images += 1
-            if progress_callback is not None:
-                progress_callback(path, None)
+            report(path, None)
     if not segmentation and rows:
         target = out_dir / CSV_NAME
         header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
@@ -243,6 +236,19 @@ def predict_files(
         summary.outputs.append(target)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _load_chunk(model, chunk, summary: PredictSummary, report: ProgressCallback) -> list:
+    """``(path, name, pixels)`` of the images of ``chunk`` that load; the others are recorded
+    in ``summary.failed`` and reported, not raised."""
+    loaded = []
+    for path, name in chunk:
+        try:
+            loaded.append((path, name, load_image(path, channels=model.card.in_channels)))
+        except SegdeployError as err:
+            summary.failed.append((path, str(err)))
+            report(path, str(err))
+    return loaded
 
 
 def _write_masks(

@@ -60,8 +60,17 @@ class _Model:
     def _load(self, image: ImageSource) -> np.ndarray:
         return load_image(image, channels=self.card.in_channels)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        """``(B, C, Hp, Wp)`` float32 -> the model's first output, as a numpy array."""
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The ONNX Runtime session (read its options or profile it; do not close it)."""
+        return self._session
+
+    def run_batch(self, batch: np.ndarray) -> np.ndarray:
+        """``(B, C, Hp, Wp)`` float32, already normalised and padded -> the model's output.
+
+        The step between :func:`~segdeploy.runtime.preprocess.to_model_input` and the
+        post-processing; ``predict`` calls it, and benchmarks time it alone.
+        """
         if self.provider == "cuda":
             # IO binding: ORT copies the input to the GPU once and allocates the output on the
             # device, instead of staging both through its default CPU-side feeds and fetches.
@@ -89,7 +98,7 @@ class _Model:
             batch, sizes = to_model_input(
                 [arrays[i] for i in indices], self.card.mean, self.card.std, multiple
             )
-            output = self._run(batch)
+            output = self.run_batch(batch)
             for row, index in enumerate(indices):
                 results[index] = (output, row, sizes[row])
         return results

@@ -2,7 +2,8 @@
 
 ONNX Runtime silently falls back to the CPU when the CUDA provider cannot load (no GPU, missing
 CUDA or cuDNN libraries). :func:`create_session` checks the providers the session actually got
-and raises when CUDA was asked for but is not what runs the model.
+and raises :class:`~segdeploy.core.errors.ProviderUnavailableError` when CUDA was asked for but
+is not what runs the model.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import ProviderUnavailableError, SegdeployError
 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PROVIDER_CHOICES = ("cpu", "cuda", "auto")
@@ -94,14 +95,15 @@ def create_session(
             )
         except Exception as err:  # ORT raises plain RuntimeError/Fail for bad CUDA setups
             if options.provider == "cuda":
-                raise SegdeployError(f"the CUDA provider failed to start: {err}") from None
+                message = f"the CUDA provider failed to start: {err}"
+                raise ProviderUnavailableError(message) from None
             session = None
         finally:
             ort.set_default_logger_severity(2)
         if session is not None and session.get_providers()[0] == PROVIDER_NAMES["cuda"]:
             return session
     if options.provider == "cuda":
-        raise SegdeployError(
+        raise ProviderUnavailableError(
             "CUDA was asked for but ONNX Runtime cannot run on it here (no usable GPU or CUDA "
             f"libraries); this onnxruntime build has {', '.join(available)}, and only the CPU one "
             "runs on this machine"

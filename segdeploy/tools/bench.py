@@ -7,6 +7,11 @@ graph's FLOPs and the achieved GFLOP/s, also as a share of this machine's matrix
 measured in the same run (FP32 for FP32 cases, 8-bit for INT8 ones), and on request ONNX
 Runtime's kernel time per operator type (:mod:`segdeploy.tools.opprofile`). Measurements only:
 nothing here asserts a speed.
+
+What is measured and its defaults are in :mod:`segdeploy.tools.bench_config`, the clock and the
+machine's peaks in :mod:`segdeploy.tools.timing`, the chart in :mod:`segdeploy.tools.bench_chart`.
+Planning reads every model card and checks sizes and precision variants first, so that bad input
+is reported before minutes of benchmarking, not after.
 """
 
 from __future__ import annotations
@@ -30,34 +35,15 @@ from segdeploy.core.errors import SegdeployError
 from segdeploy.core.fileio import atomic_write
 from segdeploy.runtime import open_model
 from segdeploy.runtime.session import SessionOptions, create_session, session_provider
+from segdeploy.tools.bench_config import BenchConfig
 from segdeploy.tools.opprofile import OpShare, profile_ops
-
-# Where run_bench records the peak each precision is read against (CPU runs only).
-PEAK_KEYS = {"fp32": "matmul_peak_gflops_per_s", "int8": "int8_matmul_peak_gops_per_s"}
-
-
-@dataclass
-class Timing:
-    """Latency statistics of one engine on one case."""
-
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    iterations: int
-    images_per_s: float
-
-    @classmethod
-    def from_samples(cls, seconds: list[float], batch: int) -> Timing:
-        ms = np.asarray(seconds) * 1e3
-        return cls(
-            p50_ms=float(np.percentile(ms, 50)),
-            p90_ms=float(np.percentile(ms, 90)),
-            p99_ms=float(np.percentile(ms, 99)),
-            mean_ms=float(ms.mean()),
-            iterations=len(ms),
-            images_per_s=float(batch * 1e3 / np.median(ms)),
-        )
+from segdeploy.tools.timing import (
+    PEAK_KEYS,
+    Timing,
+    measure_int8_matmul_peak,
+    measure_matmul_peak,
+    time_calls,
+)
 
 
 @dataclass
@@ -99,83 +85,6 @@ class BenchCase:
         return data
 
 
-@dataclass
-class BenchConfig:
-    models: list[Path]
-    provider: str = "cpu"
-    batches: tuple[int, ...] = (1,)
-    sizes: tuple[tuple[int, int], ...] | None = None
-    precisions: tuple[str, ...] = ("fp32",)
-    warmup: int = 5
-    iters: int | None = None
-    seconds: float = 3.0
-    compare_torch: bool = True
-    threads: int = 0
-    io_binding: tuple[bool, ...] = (False,)
-    profile: bool = False
-    # ORT and eager take turns in this many rounds (each gets seconds / rounds per round), so a
-    # slow spell of a shared machine hits both engines instead of one.
-    rounds: int = 1
-
-
-def time_calls(call, warmup: int, iters: int | None, seconds: float) -> list[float]:
-    """Run ``call`` ``warmup`` times untimed, then ``iters`` times (or for ``seconds``)."""
-    for _ in range(warmup):
-        call()
-    samples: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while (len(samples) < iters) if iters else (time.perf_counter() < deadline or len(samples) < 5):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-def measure_matmul_peak(threads: int = 0, size: int = 2048, repeats: int = 10) -> float:
-    """Single-precision matrix-multiply GFLOP/s of this machine (PyTorch's BLAS, best of N)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
-
-
-def measure_int8_matmul_peak(threads: int = 0, size: int = 2048, repeats: int = 10) -> float:
-    """8-bit matrix-multiply GOP/s of this machine through ONNX Runtime (best of N).
-
-    A one-node ``MatMulInteger`` graph, uint8 activations x int8 weights: the same MLAS integer
-    GEMM that ``QLinearConv`` uses, so INT8 models can be read against it as FP32 models are read
-    against :func:`measure_matmul_peak`. Their ratio is the most INT8 can gain on this CPU.
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    weights = rng.integers(-127, 128, (size, size), dtype=np.int8)
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])],
-        "int8_matmul_peak",
-        [helper.make_tensor_value_info("A", TensorProto.UINT8, [size, size])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, [size, size])],
-        [numpy_helper.from_array(weights, "B")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    session = create_session(
-        model.SerializeToString(), SessionOptions(provider="cpu", intra_op_threads=threads)
-    )
-    feed = {"A": rng.integers(0, 256, (size, size), dtype=np.uint8)}
-    session.run(None, feed)
-    best = min(time_calls(lambda: session.run(None, feed), warmup=0, iters=repeats, seconds=0))
-    return 2 * size**3 / best / 1e9
-
-
 def share_of_peak(case: BenchCase, env: dict[str, Any]) -> float | None:
     """Achieved GFLOP/s as a fraction of the matching peak measured in the same run, if any.
 
@@ -187,18 +96,20 @@ def share_of_peak(case: BenchCase, env: dict[str, Any]) -> float | None:
     return achieved / peak if peak and achieved else None
 
 
-def count_gflops(card: ModelCard, height: int, width: int) -> float:
-    """GFLOPs of one image (2 per multiply-accumulate), counted by PyTorch's FlopCounterMode."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+def eager_precision(precision: str, provider: str) -> str:
+    """The precision PyTorch eager runs beside an ONNX Runtime case.
 
-    model = _torch_model(card)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(torch.zeros(1, card.in_channels, height, width))
-    return counter.get_total_flops() / 1e9
+    Eager FP16 is the fair partner of ORT FP16 on a GPU; INT8 (and FP16 on a CPU) have no eager
+    counterpart worth timing, so those are compared with eager FP32, what users run otherwise.
+    """
+    return "fp16" if precision == "fp16" and provider == "cuda" else "fp32"
 
 
-def _torch_model(card: ModelCard, device: str = "cpu", half: bool = False):
+def eager_model(card: ModelCard, device: str = "cpu", half: bool = False):
+    """The PyTorch model ``card`` describes, in eval mode on ``device`` (FP16 if ``half``).
+
+    Its weights are seeded, not trained: the architecture decides the speed, not the values.
+    """
     import torch
 
     from segdeploy.models import create_model
@@ -209,8 +120,23 @@ def _torch_model(card: ModelCard, device: str = "cpu", half: bool = False):
     return model.half() if half else model
 
 
-def _onnx_for_precision(path: Path, precision: str) -> Path:
-    """The file benchmarked for a precision: ``x.onnx``, ``x.fp16.onnx`` or ``x.int8.onnx``."""
+def count_gflops(card: ModelCard, height: int, width: int) -> float:
+    """GFLOPs of one image (2 per multiply-accumulate), counted by PyTorch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = eager_model(card)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, card.in_channels, height, width))
+    return counter.get_total_flops() / 1e9
+
+
+def precision_file(path: Path, precision: str) -> Path:
+    """The file benchmarked for a precision: ``x.onnx``, ``x.fp16.onnx`` or ``x.int8.onnx``.
+
+    Raises:
+        SegdeployError: the variant has not been made yet (the message names the command).
+    """
     variant = variant_path(path, precision)
     if not variant.is_file():
         hint = "segdeploy quantize" if precision == "int8" else "segdeploy convert-fp16"
@@ -229,10 +155,9 @@ def bench_case(
 ) -> BenchCase:
     """Measure one case: ONNX Runtime and PyTorch eager on the same input, in turns."""
     height, width = size
-    source = _onnx_for_precision(path, precision)
-    session = create_session(
-        source, SessionOptions(provider=config.provider, intra_op_threads=config.threads)
-    )
+    source = precision_file(path, precision)
+    options = SessionOptions(provider=config.provider, intra_op_threads=config.threads)
+    session = create_session(source, options)
     if session_provider(session) != config.provider:
         # create_session already refuses a CUDA request it cannot honour; this guards the label.
         raise SegdeployError(f"{source} runs on {session_provider(session)}, not {config.provider}")
@@ -245,20 +170,7 @@ def bench_case(
         run = lambda: session.run(None, {input_name: x})  # noqa: E731
     notes: list[str] = []
     eager = _torch_call(card, config, x, precision, notes) if config.compare_torch else None
-    onnx_samples: list[float] = []
-    torch_samples: list[float] = []
-    round_speedups: list[float] = []
-    for index in range(config.rounds):
-        # Each engine runs its own block of calls: taking turns call by call would let one
-        # engine's idle threads disturb the other (benchmarks/README.md, "Thread spinning").
-        warmup = config.warmup if index == 0 else 1
-        seconds = config.seconds / config.rounds
-        onnx_round = time_calls(run, warmup, config.iters, seconds)
-        onnx_samples += onnx_round
-        if eager is not None:
-            torch_round = time_calls(eager, warmup, config.iters, seconds)
-            torch_samples += torch_round
-            round_speedups.append(float(np.median(torch_round) / np.median(onnx_round)))
+    onnx_samples, torch_samples, round_speedups = _timed_rounds(run, eager, config)
     case = BenchCase(
         model=path.name,
         arch=card.arch,
@@ -276,9 +188,29 @@ def bench_case(
     if config.profile and not io_binding:
         # A separate profiled session: the profiler's own overhead stays out of the timings.
         del session, run
-        options = SessionOptions(provider=config.provider, intra_op_threads=config.threads)
         case.op_profile = profile_ops(source, x, options)
     return case
+
+
+def _timed_rounds(
+    run: Callable[[], object], eager: Callable[[], None] | None, config: BenchConfig
+) -> tuple[list[float], list[float], list[float]]:
+    """ORT and eager samples over ``config.rounds`` rounds, and each round's speedup."""
+    onnx_samples: list[float] = []
+    torch_samples: list[float] = []
+    round_speedups: list[float] = []
+    for index in range(config.rounds):
+        # Each engine runs its own block of calls: taking turns call by call would let one
+        # engine's idle threads disturb the other (benchmarks/README.md, "Thread spinning").
+        warmup = config.warmup if index == 0 else 1
+        seconds = config.seconds / config.rounds
+        onnx_round = time_calls(run, warmup, config.iters, seconds)
+        onnx_samples += onnx_round
+        if eager is not None:
+            torch_round = time_calls(eager, warmup, config.iters, seconds)
+            torch_samples += torch_round
+            round_speedups.append(float(np.median(torch_round) / np.median(onnx_round)))
+    return onnx_samples, torch_samples, round_speedups
 
 
 def _bound_runner(session: ort.InferenceSession, x: np.ndarray, provider: str):
@@ -304,7 +236,7 @@ def _torch_call(card: ModelCard, config: BenchConfig, x: np.ndarray, precision: 
     half = eager_precision(precision, config.provider) == "fp16"
     if precision != "fp32" and not half:
         notes.append(f"PyTorch eager runs FP32 (no eager {precision} counterpart here)")
-    model = _torch_model(card, device, half)
+    model = eager_model(card, device, half)
     tensor = torch.from_numpy(x).to(device)
     tensor = tensor.half() if half else tensor
 
@@ -317,8 +249,87 @@ def _torch_call(card: ModelCard, config: BenchConfig, x: np.ndarray, precision: 
     return call
 
 
+@dataclass(frozen=True)
+class PlannedCase:
+    """One case :func:`run_bench` will measure, known before any timing starts."""
+
+    path: Path
+    card: ModelCard
+    precision: str
+    batch: int
+    size: tuple[int, int]
+    io_binding: bool
+
+    def describe(self) -> str:
+        bound = " io-binding" if self.io_binding else ""
+        h, w = self.size
+        return f"{self.path.name} {self.precision} batch {self.batch} {h}x{w}{bound}"
+
+
 def default_sizes(card: ModelCard) -> tuple[tuple[int, int], ...]:
+    """The input size a model is benchmarked at when none is given: by task."""
     return ((224, 224),) if card.task == "classification" else ((256, 256),)
+
+
+def plan_cases(config: BenchConfig) -> list[PlannedCase]:
+    """Every (model x precision x size x batch x binding) case, in the order they are run.
+
+    Reads each model card and checks the sizes against it and that every precision variant
+    exists, so that bad input is reported before minutes of benchmarking, not after.
+
+    Raises:
+        SegdeployError: an unreadable model, a size the model cannot take (not a multiple of
+            its card's ``size_multiple``) or a missing precision variant.
+    """
+    planned = []
+    for path in config.models:
+        card = open_model(path, provider="cpu").card
+        sizes = config.sizes or default_sizes(card)
+        for height, width in sizes:
+            card.require_size(height, width)
+        for precision in config.precisions:
+            precision_file(path, precision)
+            for size in sizes:
+                for batch in config.batches:
+                    for bound in config.io_binding:
+                        planned.append(PlannedCase(path, card, precision, batch, size, bound))
+    return planned
+
+
+def run_bench(
+    config: BenchConfig,
+    progress: Callable[[PlannedCase], None] | None = None,
+    planned: list[PlannedCase] | None = None,
+) -> tuple[list[BenchCase], dict[str, Any]]:
+    """Measure every case of ``planned`` (default: :func:`plan_cases` of ``config``).
+
+    ``progress(case)`` is called before each case starts. Returns the measured cases and the
+    environment (machine, versions and, on CPU, the matrix-multiply peaks of this run).
+    """
+    import torch
+
+    planned = plan_cases(config) if planned is None else planned
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    env = environment(config.provider)
+    if config.provider == "cpu":
+        env[PEAK_KEYS["fp32"]] = measure_matmul_peak(config.threads)
+        if "int8" in config.precisions:
+            env[PEAK_KEYS["int8"]] = measure_int8_matmul_peak(config.threads)
+    gflops: dict[tuple[str, tuple[int, int]], float] = {}  # counted once per model and size
+    cases = []
+    for plan in planned:
+        if progress:
+            progress(plan)
+        case = bench_case(
+            plan.path, plan.card, config, plan.batch, plan.size, plan.precision, plan.io_binding
+        )
+        key = (str(plan.path), plan.size)
+        if key not in gflops:
+            gflops[key] = count_gflops(plan.card, *plan.size)
+        case.gflops = gflops[key]
+        cases.append(case)
+    return cases, env
 
 
 def environment(provider: str) -> dict[str, Any]:
@@ -362,134 +373,3 @@ def write_results(cases: list[BenchCase], env: dict[str, Any], folder: Path) -> 
     rows = [{**c.to_dict(), "share_of_peak": share_of_peak(c, env)} for c in cases]
     payload = {"environment": env, "cases": rows}
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
-
-
-def eager_precision(precision: str, provider: str) -> str:
-    """The precision PyTorch eager runs beside an ONNX Runtime case.
-
-    Eager FP16 is the fair partner of ORT FP16 on a GPU; INT8 (and FP16 on a CPU) have no eager
-    counterpart worth timing, so those are compared with eager FP32, what users run otherwise.
-    """
-    return "fp16" if precision == "fp16" and provider == "cuda" else "fp32"
-
-
-def draw_chart(cases: list[BenchCase], path: Path) -> Path:
-    """A bar chart of p50 latency: per case, ONNX Runtime against PyTorch eager and the speedup.
-
-    Each case is scaled on its own, so a 20 ms model stays readable beside a 500 ms one; the
-    numbers are printed on the bars. Drawn with Pillow so that benchmarking needs no plotting
-    library.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    try:
-        font = ImageFont.load_default(size=14)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        font = ImageFont.load_default()
-    colours = {"onnxruntime": (31, 119, 180), "pytorch eager": (255, 127, 14)}
-    label_w, bar_w, row_h, header_h, gap, top = 190, 560, 22, 24, 12, 44
-    group_h = header_h + 2 * row_h + gap
-    image = Image.new("RGB", (label_w + bar_w + 110, top + group_h * len(cases) + 8), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((10, 12), "p50 latency per batch (ms), shorter is faster", fill="black", font=font)
-    for i, case in enumerate(cases):
-        y = top + i * group_h
-        bound = "  io-binding" if case.io_binding else ""
-        title = (
-            f"{case.model.removesuffix('.onnx')}  {case.precision}  batch {case.batch}  "
-            f"{case.height}x{case.width}  {case.provider}{bound}"
-        )
-        if case.speedup:
-            title += f"  |  ONNX Runtime {case.speedup:.2f}x the speed of eager"
-        draw.text((10, y + 4), title, fill="black", font=font)
-        bars = [(f"onnxruntime {case.precision}", "onnxruntime", case.onnx.p50_ms)]
-        if case.torch:
-            eager = eager_precision(case.precision, case.provider)
-            bars.append((f"pytorch eager {eager}", "pytorch eager", case.torch.p50_ms))
-        longest = max(ms for _, _, ms in bars)
-        for j, (label, engine, ms) in enumerate(bars):
-            row_y = y + header_h + j * row_h
-            draw.text((24, row_y + 3), label, fill=(60, 60, 60), font=font)
-            width = max(1, int(bar_w * ms / longest))
-            draw.rectangle(
-                [label_w, row_y + 3, label_w + width, row_y + row_h - 3], fill=colours[engine]
-            )
-            draw.text((label_w + width + 6, row_y + 3), f"{ms:.1f}", fill="black", font=font)
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-@dataclass(frozen=True)
-class PlannedCase:
-    """One case :func:`run_bench` will measure, known before any timing starts."""
-
-    path: Path
-    card: ModelCard
-    precision: str
-    batch: int
-    size: tuple[int, int]
-    io_binding: bool
-
-    def describe(self) -> str:
-        bound = " io-binding" if self.io_binding else ""
-        h, w = self.size
-        return f"{self.path.name} {self.precision} batch {self.batch} {h}x{w}{bound}"
-
-
-def plan_cases(config: BenchConfig) -> list[PlannedCase]:
-    """Every (model x precision x size x batch x binding) case, in the order they are run.
-
-    Reads each model card and checks the sizes against it and that every precision variant
-    exists, so that bad input is reported before minutes of benchmarking, not after.
-
-    Raises:
-        SegdeployError: an unreadable model, a size the model cannot take (not a multiple of
-            its card's ``size_multiple``) or a missing precision variant.
-    """
-    planned = []
-    for path in config.models:
-        card = open_model(path, provider="cpu").card
-        sizes = config.sizes or default_sizes(card)
-        for height, width in sizes:
-            card.require_size(height, width)
-        for precision in config.precisions:
-            _onnx_for_precision(path, precision)
-            for size in sizes:
-                for batch in config.batches:
-                    for bound in config.io_binding:
-                        planned.append(PlannedCase(path, card, precision, batch, size, bound))
-    return planned
-
-
-def run_bench(
-    config: BenchConfig,
-    progress: Callable[[PlannedCase], None] | None = None,
-    planned: list[PlannedCase] | None = None,
-) -> tuple[list[BenchCase], dict[str, Any]]:
-    """Measure every case of ``planned`` (default: :func:`plan_cases` of ``config``).
-
-    ``progress(case)`` is called before each case starts.
-    """
-    import torch
-
-    planned = plan_cases(config) if planned is None else planned
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    env = environment(config.provider)
-    if config.provider == "cpu":
-        env[PEAK_KEYS["fp32"]] = measure_matmul_peak(config.threads)
-        if "int8" in config.precisions:
-            env[PEAK_KEYS["int8"]] = measure_int8_matmul_peak(config.threads)
-    gflops: dict[tuple[str, tuple[int, int]], float] = {}  # counted once per model and size
-    cases = []
-    for plan in planned:
-        if progress:
-            progress(plan)
-        case = bench_case(
-            plan.path, plan.card, config, plan.batch, plan.size, plan.precision, plan.io_binding
-        )
-        key = (str(plan.path), plan.size)
-        if key not in gflops:
-            gflops[key] = count_gflops(plan.card, *plan.size)
-        case.gflops = gflops[key]
-        cases.append(case)
-    return cases, env

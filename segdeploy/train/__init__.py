@@ -1,14 +1,28 @@
 """Training: any registered architecture on synthetic or folder data, to a self-describing ``.pt``.
 
-config      TrainConfig, the one home of training defaults
-datasets    torch datasets over synthetic scenes and folders, augmentation, class weights
-losses      cross-entropy, soft Dice and their sum
-loop        the training loop (setup, epochs, validation, best checkpoint)
-checkpoint  weights + model card as plain data
+    config      TrainConfig, the one home of training defaults (torch-free)
+    datasets    torch datasets over synthetic scenes and folders, augmentation, class weights
+    losses      cross-entropy, soft Dice and their sum
+    loop        the training loop (setup, one epoch, validation, best checkpoint)
+    progress    the loop's progress callback and its rich console display
+    checkpoint  weights + model card as plain data
+
+Names are loaded on first use, so the CLI can read ``TrainConfig``'s defaults without torch.
 """
 
-from segdeploy.train.config import TrainConfig
-from segdeploy.train.datasets import build_datasets
-from segdeploy.train.loop import TrainResult, freeze_frozen_batchnorm, train
+from __future__ import annotations
 
-__all__ = ["TrainConfig", "TrainResult", "build_datasets", "freeze_frozen_batchnorm", "train"]
+from segdeploy.core.lazy import lazy_attributes
+
+_LAZY = {
+    "TrainConfig": "config",
+    "build_datasets": "datasets",
+    "EpochRecord": "loop",
+    "TrainResult": "loop",
+    "freeze_frozen_batchnorm": "loop",
+    "train": "loop",
+    "RichTrainProgress": "progress",
+    "TrainProgress": "progress",
+}
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from segdeploy.data.folders import DEFAULT_VAL_FRACTION
+
 
 @dataclass
 class TrainConfig:
     """Everything ``segdeploy train`` accepts; the defaults train a small U-Net on CPU.
+
+    ``variant`` names one of the architecture's variants (``segdeploy models`` lists them);
+    ``None`` means the architecture's default (``small`` for U-Net, the full size of the others).
 
     ``data`` is ``"synthetic"`` or a folder. Segmentation folders hold ``images/`` + ``masks/``
     (or ``train/`` and ``val/`` sub-folders of that form) and class names in ``classes.txt`` or
@@ -17,7 +22,7 @@ class TrainConfig:
 
     arch: str
     data: str = "synthetic"
-    variant: str = "small"
+    variant: str | None = None
     epochs: int = 10
     batch_size: int = 16
     img_size: int | None = None
@@ -33,6 +38,6 @@ class TrainConfig:
     classes: tuple[str, ...] | None = None
     train_samples: int = 512
     val_samples: int = 128
-    val_fraction: float = 0.2
+    val_fraction: float = DEFAULT_VAL_FRACTION
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05

@@ -2,7 +2,10 @@
 
 :func:`train` is what ``segdeploy train`` calls. It validates on the whole validation set every
 epoch (one confusion matrix, not an average of per-batch scores) and keeps the best checkpoint by
-mIoU (segmentation) or accuracy (classification).
+mIoU (segmentation) or accuracy (classification). Its sections are functions of their own:
+:func:`prepare_training` (checks, data, model, loss, loaders, optimiser), :func:`train_one_epoch`,
+:func:`validate` and :func:`training_record` (the card's record of the best epoch); progress is
+reported to a :class:`~segdeploy.train.progress.TrainProgress`.
 """
 
 from __future__ import annotations
@@ -16,23 +19,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.metrics import IGNORE_INDEX, ConfusionMatrix
-from segdeploy.models import create_model, get_spec
+from segdeploy.models import ArchSpec, create_model, get_spec
 from segdeploy.train.checkpoint import save_checkpoint
 from segdeploy.train.config import TrainConfig
 from segdeploy.train.datasets import build_datasets, compute_class_weights
 from segdeploy.train.losses import build_loss
+from segdeploy.train.progress import TrainProgress
 
 
 @dataclass
 class EpochRecord:
+    """One epoch: mean training loss, validation metric (and all its details), wall time."""
+
     epoch: int
     train_loss: float
     metric: float
@@ -54,6 +58,7 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; returns a generator for the training loader's shuffling."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -106,46 +111,101 @@ def evaluate(model: nn.Module, loader: DataLoader, task: str, num_classes: int, 
     return correct / max(1, total)
 
 
-def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
-    """Train ``config.arch`` and write the best checkpoint; see :class:`TrainConfig`."""
-    console = console or Console()
-    spec = get_spec(config.arch)
+@dataclass
+class TrainingSetup:
+    """Everything the epochs need, built once by :func:`prepare_training`.
+
+    ``card`` has no training record yet; ``variant`` is the resolved variant name.
+    """
+
+    config: TrainConfig
+    spec: ArchSpec
+    size: int
+    variant: str
+    out: Path
+    card: ModelCard
+    data_description: str
+    model: nn.Module
+    criterion: nn.Module
+    metric_name: str
+    train_loader: DataLoader
+    val_loader: DataLoader
+    trainable: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def check_config(config: TrainConfig, spec: ArchSpec) -> int:
+    """Refuse what cannot train before anything is built; returns the image size."""
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise SegdeployError("--device cuda was asked for but PyTorch sees no CUDA device")
     if config.epochs < 1 or config.batch_size < 1:
         raise SegdeployError("--epochs and --batch-size must be at least 1")
     size = config.img_size or spec.train_size
-    if size % 16:
-        raise SegdeployError(f"--img-size must be a multiple of 16, found {size}")
-    out = Path(config.out or f"{config.arch}.pt")
-    generator = seed_everything(config.seed)
+    if size % spec.size_multiple:
+        raise SegdeployError(f"--img-size must be a multiple of {spec.size_multiple}, found {size}")
+    return size
 
-    train_set, val_set, class_names, data_description = build_datasets(config, spec.task, size)
-    model_kwargs = spec.variant_kwargs(config.variant)
-    model = create_model(config.arch, num_classes=len(class_names), **model_kwargs)
+
+def _build_model(
+    config: TrainConfig, spec: ArchSpec, num_classes: int, model_kwargs: dict[str, Any]
+) -> nn.Module:
+    model = create_model(config.arch, num_classes=num_classes, **model_kwargs)
     if config.pretrained is not None:
         if spec.load_pretrained is None:
             raise SegdeployError(f"'{config.arch}' does not take --pretrained weights")
         spec.load_pretrained(model, config.pretrained)
     if spec.finetune is not None:
         spec.finetune(model, config.finetune)
-    model.to(config.device)
+    return model.to(config.device)
 
-    if spec.task == "segmentation":
-        weights = None
-        if config.class_weights == "auto":
-            weights = compute_class_weights(train_set, len(class_names), max_items=256)
-        elif config.class_weights not in (None, "none"):
-            raise SegdeployError(
-                f"--class-weights must be 'auto' or 'none', found {config.class_weights!r}"
-            )
-        criterion = build_loss(config.loss, class_weights=weights, ignore_index=IGNORE_INDEX)
-        metric_name = "mIoU"
-    else:
-        criterion = nn.CrossEntropyLoss()
-        metric_name = "accuracy"
-    criterion.to(config.device)
 
+def _build_criterion(
+    config: TrainConfig, task: str, train_set: Dataset, num_classes: int
+) -> tuple[nn.Module, str]:
+    """The loss and the name of the validation metric that picks the best epoch."""
+    if task != "segmentation":
+        return nn.CrossEntropyLoss().to(config.device), "accuracy"
+    weights = None
+    if config.class_weights == "auto":
+        weights = compute_class_weights(train_set, num_classes, max_items=256)
+    elif config.class_weights not in (None, "none"):
+        raise SegdeployError(
+            f"--class-weights must be 'auto' or 'none', found {config.class_weights!r}"
+        )
+    criterion = build_loss(config.loss, class_weights=weights, ignore_index=IGNORE_INDEX)
+    return criterion.to(config.device), "mIoU"
+
+
+def _build_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
+    """Trainable parameters, AdamW and its warm-up + cosine schedule."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * steps_per_epoch
+    warmup = max(1, int(config.warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+    return trainable, optimizer, scheduler
+
+
+def prepare_training(config: TrainConfig) -> TrainingSetup:
+    """Check ``config``, seed, then build data, model, loss, loaders and optimiser.
+
+    Raises:
+        SegdeployError: anything in ``config`` that cannot train (unknown arch or variant,
+            bad size, missing data or weights, CUDA asked for but absent).
+    """
+    spec = get_spec(config.arch)
+    size = check_config(config, spec)
+    out = Path(config.out or f"{config.arch}.pt")
+    generator = seed_everything(config.seed)
+
+    train_set, val_set, class_names, data_description = build_datasets(
+        config, spec.task, size, size_multiple=spec.size_multiple
+    )
+    variant = spec.resolve_variant(config.variant)
+    model_kwargs = spec.variant_kwargs(variant)
+    model = _build_model(config, spec, len(class_names), model_kwargs)
+    criterion, metric_name = _build_criterion(config, spec.task, train_set, len(class_names))
     train_loader = DataLoader(
         train_set,
         batch_size=config.batch_size,
@@ -154,103 +214,120 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
         generator=generator,
     )
     val_loader = DataLoader(val_set, batch_size=config.batch_size)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = config.epochs * len(train_loader)
-    warmup = max(1, int(config.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
-
+    trainable, optimizer, scheduler = _build_optimizer(config, model, len(train_loader))
     card = ModelCard(
         arch=config.arch,
         task=spec.task,
         class_names=class_names,
         model_kwargs=model_kwargs,
+        size_multiple=spec.size_multiple,
     )
-    history: list[EpochRecord] = []
+    return TrainingSetup(
+        config=config,
+        spec=spec,
+        size=size,
+        variant=variant,
+        out=out,
+        card=card,
+        data_description=data_description,
+        model=model,
+        criterion=criterion,
+        metric_name=metric_name,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        trainable=trainable,
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
+
+
+def train_one_epoch(setup: TrainingSetup, progress: TrainProgress) -> float:
+    """One pass over the training loader; returns the mean training loss."""
+    config, model = setup.config, setup.model
+    model.train()
+    freeze_frozen_batchnorm(model)
+    running = 0.0
+    for step, (images, targets) in enumerate(setup.train_loader, start=1):
+        images, targets = images.to(config.device), targets.to(config.device)
+        loss = _training_loss(model, images, targets, setup.criterion)
+        setup.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(setup.trainable, config.grad_clip)
+        setup.optimizer.step()
+        setup.scheduler.step()
+        running += loss.item()
+        progress.step_done(step, running / step)
+    return running / len(setup.train_loader)
+
+
+def validate(setup: TrainingSetup) -> tuple[float, dict[str, Any]]:
+    """The validation metric (mIoU or accuracy) and its details, over the whole validation set."""
+    task, num_classes = setup.spec.task, len(setup.card.class_names)
+    result = evaluate(setup.model, setup.val_loader, task, num_classes, setup.config.device)
+    if task == "segmentation":
+        return result.miou, result.to_dict()
+    return float(result), {"accuracy": float(result)}
+
+
+def training_record(setup: TrainingSetup, best: EpochRecord) -> dict[str, Any]:
+    """The card's ``training`` entry when ``best`` is the best epoch so far."""
+    config = setup.config
+    return {
+        "epochs": config.epochs,
+        "best_epoch": best.epoch,
+        "metric": setup.metric_name,
+        "best_metric": round(best.metric, 6),
+        "validation": best.details,
+        "data": setup.data_description,
+        "img_size": setup.size,
+        "loss": config.loss if setup.spec.task == "segmentation" else "ce",
+        "seed": config.seed,
+        "variant": setup.variant,
+        **({"finetune": config.finetune} if setup.spec.finetune else {}),
+        **({"pretrained": Path(config.pretrained).name} if config.pretrained else {}),
+    }
+
+
+def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainResult:
+    """Train ``config.arch`` and write the best checkpoint; see :class:`TrainConfig`.
+
+    Args:
+        config: what to train, on what, for how long.
+        progress: told about every epoch and step; ``None`` trains silently
+            (``RichTrainProgress(console)`` is the CLI's display).
+
+    Raises:
+        SegdeployError: see :func:`prepare_training`.
+    """
+    progress = progress or TrainProgress()
+    setup = prepare_training(config)
+    card, history = setup.card, []
     best_metric, best_epoch = -1.0, 0
     started = time.perf_counter()
-    columns = (
-        TextColumn("[bold]epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[metric]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(
-        *columns, console=console, transient=False, disable=not console.is_terminal
-    ) as progress:
+    steps = len(setup.train_loader)
+    progress.run_started(config.epochs, steps)
+    try:
         for epoch in range(1, config.epochs + 1):
             epoch_started = time.perf_counter()
-            bar = progress.add_task(
-                "train",
-                total=len(train_loader),
-                epoch=f"{epoch}/{config.epochs}",
-                loss=0.0,
-                metric="",
-            )
-            model.train()
-            freeze_frozen_batchnorm(model)
-            running = 0.0
-            for step, (images, targets) in enumerate(train_loader, start=1):
-                images, targets = images.to(config.device), targets.to(config.device)
-                loss = _training_loss(model, images, targets, criterion)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                running += loss.item()
-                progress.update(bar, advance=1, loss=running / step)
-            result = evaluate(model, val_loader, spec.task, len(class_names), config.device)
-            if spec.task == "segmentation":
-                metric, details = result.miou, result.to_dict()
-            else:
-                metric, details = float(result), {"accuracy": float(result)}
-            record = EpochRecord(
-                epoch,
-                running / len(train_loader),
-                metric,
-                time.perf_counter() - epoch_started,
-                details,
-            )
+            progress.epoch_started(epoch, config.epochs, steps)
+            train_loss = train_one_epoch(setup, progress)
+            metric, details = validate(setup)
+            seconds = time.perf_counter() - epoch_started
+            record = EpochRecord(epoch, train_loss, metric, seconds, details)
             history.append(record)
             improved = metric > best_metric
-            summary = f"val {metric_name} {metric:.4f}{' *' if improved else ''}"
-            progress.update(bar, metric=summary)
-            if not console.is_terminal:
-                # Rich draws no live bar into pipes and CI logs: leave one line per epoch there.
-                console.print(
-                    f"epoch {epoch}/{config.epochs}: loss {record.train_loss:.4f}, {summary} "
-                    f"({record.seconds:.1f}s)"
-                )
+            progress.epoch_done(record, improved, setup.metric_name)
             if improved:
                 best_metric, best_epoch = metric, epoch
-                card = card.replace(
-                    training={
-                        "epochs": config.epochs,
-                        "best_epoch": epoch,
-                        "metric": metric_name,
-                        "best_metric": round(metric, 6),
-                        "validation": details,
-                        "data": data_description,
-                        "img_size": size,
-                        "loss": config.loss if spec.task == "segmentation" else "ce",
-                        "seed": config.seed,
-                        "variant": config.variant,
-                        **({"finetune": config.finetune} if spec.finetune else {}),
-                        **(
-                            {"pretrained": Path(config.pretrained).name}
-                            if config.pretrained
-                            else {}
-                        ),
-                    }
-                )
-                save_checkpoint(model, card, out)
+                card = card.replace(training=training_record(setup, record))
+                save_checkpoint(setup.model, card, setup.out)
+    finally:
+        progress.run_finished()
     return TrainResult(
-        checkpoint=out,
+        checkpoint=setup.out,
         card=card,
         history=history,
-        metric_name=metric_name,
+        metric_name=setup.metric_name,
         best_metric=best_metric,
         best_epoch=best_epoch,
         seconds=time.perf_counter() - started,

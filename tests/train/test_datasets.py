@@ -1,4 +1,8 @@
-"""Synthetic scenes, folder datasets, validation errors and class weights."""
+"""The torch datasets: synthetic scenes and crops, folder datasets (items, augmentation,
+validation errors) and class weights.
+
+The torch-free parts they wrap (renderer, folder readers, splits) are tested in tests/data/.
+"""
 
 from __future__ import annotations
 
@@ -10,65 +14,19 @@ import torch
 from PIL import Image
 
 from segdeploy.core.errors import SegdeployError
+from segdeploy.core.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from segdeploy.data.synthetic import ROAD_CLASSES, render_road_scene
 from segdeploy.train.datasets import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ROAD_CLASSES,
     ClassificationFolder,
     SegmentationFolder,
+    SyntheticRoadCrops,
     SyntheticRoadScenes,
     compute_class_weights,
-    load_rgb,
-    render_road_scene,
 )
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic scenes
 # ---------------------------------------------------------------------------------------------
-
-
-def test_render_is_deterministic_per_seed_and_index() -> None:
-    a_img, a_mask = render_road_scene(3, 64, 64, seed=7)
-    b_img, b_mask = render_road_scene(3, 64, 64, seed=7)
-    np.testing.assert_array_equal(a_img, b_img)
-    np.testing.assert_array_equal(a_mask, b_mask)
-    c_img, c_mask = render_road_scene(4, 64, 64, seed=7)
-    assert not np.array_equal(a_img, c_img) and not np.array_equal(a_mask, c_mask)
-    d_img, _ = render_road_scene(3, 64, 64, seed=8)
-    assert not np.array_equal(a_img, d_img)
-
-
-@pytest.mark.parametrize("size", [(64, 64), (48, 80), (37, 53)])
-def test_render_shapes_and_dtypes(size: tuple[int, int]) -> None:
-    image, mask = render_road_scene(0, *size)
-    assert image.shape == (*size, 3) and image.dtype == np.uint8
-    assert mask.shape == size and mask.dtype == np.uint8
-    assert set(np.unique(mask)) <= {0, 1, 2, 3}
-
-
-def test_all_classes_present_in_most_images() -> None:
-    with_all = sum(len(np.unique(render_road_scene(i, 64, 64)[1])) == 4 for i in range(20))
-    assert with_all >= 18
-
-
-def _saturation(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.float64)
-    hi, lo = rgb.max(axis=-1), rgb.min(axis=-1)
-    return (hi - lo) / np.maximum(hi, 1.0)
-
-
-def test_image_pixels_carry_information_about_the_mask() -> None:
-    # The tutorial's trap: noise images independent of the mask. Here each class is drawn in.
-    sat = {c: [] for c in range(4)}
-    for i in range(12):
-        image, mask = render_road_scene(i, 64, 64)
-        s = _saturation(image)
-        for c in range(4):
-            sat[c].append(s[mask == c])
-    mean_sat = {c: float(np.concatenate(v).mean()) for c, v in sat.items()}
-    assert mean_sat[1] < 0.2, mean_sat  # road is grayish
-    assert mean_sat[2] > mean_sat[1] + 0.25, mean_sat  # vehicles are saturated
-    assert mean_sat[0] > mean_sat[1] + 0.1, mean_sat  # background is coloured (sky, grass, dirt)
 
 
 def test_synthetic_dataset_items() -> None:
@@ -259,25 +217,8 @@ def test_error_no_images(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# load_rgb and ClassificationFolder
+# ClassificationFolder
 # ---------------------------------------------------------------------------------------------
-
-
-def test_load_rgb_converts_modes(tmp_path: Path) -> None:
-    sixteen = np.full((4, 5), 65535, dtype=np.uint16)
-    sixteen[0, 0] = 0
-    Image.fromarray(sixteen).save(tmp_path / "deep.png")
-    Image.new("RGBA", (5, 4), (10, 20, 30, 0)).save(tmp_path / "alpha.png")
-    Image.new("L", (5, 4), 77).save(tmp_path / "grey.png")
-    deep = np.asarray(load_rgb(tmp_path / "deep.png"))
-    assert deep.shape == (4, 5, 3) and deep[0, 0, 0] == 0 and deep[1, 1, 0] == 255
-    assert np.asarray(load_rgb(tmp_path / "alpha.png"))[0, 0].tolist() == [10, 20, 30]
-    assert np.asarray(load_rgb(tmp_path / "grey.png"))[0, 0].tolist() == [77, 77, 77]
-    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 nope")
-    with pytest.raises(SegdeployError, match=r"broken\.jpg"):
-        load_rgb(tmp_path / "broken.jpg")
-    with pytest.raises(SegdeployError, match=r"absent\.png"):
-        load_rgb(tmp_path / "absent.png")
 
 
 def test_classification_folder_happy_path(tmp_path: Path) -> None:
@@ -339,8 +280,6 @@ def test_class_weights_all_ignored_raises() -> None:
 
 
 def test_synthetic_crops_are_labelled_by_their_centre_and_balanced():
-    from segdeploy.train.datasets import SyntheticRoadCrops
-
     crops = SyntheticRoadCrops(16, size=(64, 64), seed=3)
     labels = [int(crops[i][1]) for i in range(len(crops))]
     images = [crops[i][0] for i in range(2)]

@@ -12,18 +12,31 @@ from segdeploy.train import freeze_frozen_batchnorm
 
 
 @pytest.mark.parametrize("arch", list_models())
-def test_tiny_variant_output_shape(arch):
+def test_smallest_variant_output_shape(arch):
     spec = get_spec(arch)
-    model = create_model(arch, num_classes=5, **spec.variant_kwargs("tiny")).eval()
+    model = create_model(arch, num_classes=5, **spec.variant_kwargs(spec.smallest_variant)).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 96))
     expected = (2, 5, 64, 96) if spec.task == "segmentation" else (2, 5)
     assert tuple(out.shape) == expected
 
 
-def test_every_arch_has_the_three_variants():
+def test_every_arch_declares_distinct_variants_and_a_default():
     for arch in list_models():
-        assert {"tiny", "small", "full"} <= set(get_spec(arch).variants), arch
+        spec = get_spec(arch)
+        assert spec.default_variant in spec.variants, arch
+        assert spec.smallest_variant == next(iter(spec.variants)), arch
+        assert spec.size_multiple == 16, arch
+        # One size is one variant: no two names for the same configuration.
+        configs = [sorted(kwargs.items()) for kwargs in spec.variants.values()]
+        assert all(configs.count(c) == 1 for c in configs), arch
+
+
+def test_training_defaults_build_what_small_built_before():
+    assert get_spec("unet").resolve_variant(None) == "small"
+    for arch in ("deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "resnet18"):
+        spec = get_spec(arch)
+        assert spec.variant_kwargs(spec.resolve_variant(None)) == {}, arch
 
 
 def test_unet_runs_in_eager_mode_at_sizes_that_are_not_multiples_of_16():
@@ -67,6 +80,9 @@ def test_deeplab_aux_head_is_for_training_only():
 def test_registry_rejects_duplicates_and_unknown_names():
     with pytest.raises(ValueError, match="already registered"):
         register_model(ArchSpec(name="unet", task="segmentation", builder=lambda **_: None))
+    with pytest.raises(ValueError, match="already registered"):
+        # The decorator names the spec after the builder: build_unet -> "unet".
+        register_model(task="segmentation")(get_spec("unet").builder)
     with pytest.raises(SegdeployError, match="unknown architecture 'nope'"):
         create_model("nope", num_classes=2)
     with pytest.raises(SegdeployError, match="no variant"):

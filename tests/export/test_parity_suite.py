@@ -47,7 +47,7 @@ def _export(arch: str, variant: str):
 
 @pytest.fixture(scope="module", params=list_models())
 def tiny_export(request):
-    return request.param, *_export(request.param, "tiny")
+    return request.param, *_export(request.param, get_spec(request.param).smallest_variant)
 
 
 def _skip_unless_usable(provider: str) -> None:

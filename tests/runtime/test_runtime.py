@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import DataError, ProviderUnavailableError, SegdeployError
 from segdeploy.runtime import ClassificationModel, SegmentationModel, load_image, open_model
 from segdeploy.runtime.postprocess import colorize, overlay, palette, softmax
 from segdeploy.runtime.preprocess import to_model_input
@@ -152,7 +152,7 @@ def test_unreadable_files_name_the_file(tmp_path, case, expected):
         path = _truncated_png(tmp_path)
     elif case == "folder":
         path.mkdir()
-    with pytest.raises(SegdeployError, match=expected) as err:
+    with pytest.raises(DataError, match=expected) as err:
         load_image(path)
     assert str(path) in str(err.value)
 
@@ -256,7 +256,7 @@ def test_providers_are_honest(unet_onnx):
 
     if "cuda" in usable_providers():
         pytest.skip("CUDA works here; this checks the refusal on machines without it")
-    with pytest.raises(SegdeployError, match="CPUExecutionProvider"):
+    with pytest.raises(ProviderUnavailableError, match="CPUExecutionProvider"):
         open_model(unet_onnx, provider="cuda")
     model = open_model(unet_onnx, provider="auto")
     assert model.provider == "cpu"
@@ -267,7 +267,7 @@ def test_providers_are_honest(unet_onnx):
 @pytest.mark.parametrize("allow_spinning", [True, False])
 def test_spinning_is_the_callers_choice(unet_onnx, allow_spinning):
     model = open_model(unet_onnx, provider="cpu", allow_spinning=allow_spinning)
-    options = model._session.get_session_options()
+    options = model.session.get_session_options()
     entry = options.get_session_config_entry("session.intra_op.allow_spinning")
     assert entry == ("1" if allow_spinning else "0")
     assert model.predict(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30)

@@ -1,0 +1,127 @@
+"""``segdeploy export``, ``verify``, ``quantize`` and ``convert-fp16``: the FP32 export behind the
+parity gate, and the reduced-precision variants made from it.
+
+Defaults come from :mod:`segdeploy.export.contract` (opset, parity shapes, calibration and the
+accuracy gate).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segdeploy.cli.console import console
+from segdeploy.cli.tables import print_parity_table
+from segdeploy.core.artifacts import format_shapes, parse_shapes
+from segdeploy.core.errors import SegdeployError
+from segdeploy.export.contract import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_CALIBRATION_SAMPLES,
+    DEFAULT_EVAL_SAMPLES,
+    DEFAULT_MAX_DROP,
+    DEFAULT_OPSET,
+    DEFAULT_PARITY_SHAPES,
+)
+
+# Parity shapes are size multiples of the model (1, 3x5 and 4x2); shown for a multiple of 16.
+PARITY_SHAPES = format_shapes(DEFAULT_PARITY_SHAPES) + " for a size multiple of 16"
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A .pt written by `segdeploy train`.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output .onnx \\[default: exports/<name>.onnx].")
+    ] = None,
+    opset: Annotated[
+        int, typer.Option(help="ONNX opset, 18 or later (dynamo exporter).")
+    ] = DEFAULT_OPSET,
+    simplify: Annotated[bool, typer.Option(help="Simplify with onnxsim.")] = True,
+    force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    shapes: Annotated[
+        str | None, typer.Option(help=f"Parity shapes, [B x] H x W \\[default: {PARITY_SHAPES}].")
+    ] = None,
+) -> None:
+    """Export a checkpoint to ONNX; refuse to finish if ONNX Runtime disagrees with PyTorch."""
+    from segdeploy.export import export_checkpoint
+
+    with console.status(f"exporting {checkpoint} (torch.export + onnxsim + parity)"):
+        result = export_checkpoint(
+            checkpoint,
+            out=out,
+            opset=opset,
+            do_simplify=simplify,
+            force=force,
+            shapes=parse_shapes(shapes) if shapes else None,
+        )
+    print_parity_table(result.report)
+    seconds = result.seconds
+    console.print(
+        f"nodes {result.nodes_before} -> {result.nodes_after} ({result.simplify_note}); "
+        f"export {seconds['export']:.1f}s, simplify {seconds['simplify']:.1f}s, "
+        f"parity {seconds['parity']:.1f}s"
+    )
+    console.print(f"wrote [bold]{result.onnx_path}[/] and {result.report_path}")
+
+
+def verify(
+    onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
+    checkpoint: Annotated[Path, typer.Argument(metavar="MODEL.pt")],
+    shapes: Annotated[
+        str | None, typer.Option(help=f"[B x] H x W, comma-separated \\[default: {PARITY_SHAPES}].")
+    ] = None,
+    provider: Annotated[
+        str | None, typer.Option(help="cpu or cuda \\[default: every usable provider].")
+    ] = None,
+) -> None:
+    """Check an existing export against its checkpoint; exit 1 when they disagree."""
+    from segdeploy.export import verify_export
+
+    report = verify_export(
+        onnx_path,
+        checkpoint,
+        parse_shapes(shapes) if shapes else None,
+        [provider] if provider else None,
+    )
+    print_parity_table(report)
+    if not report.passed:
+        raise SegdeployError(f"{onnx_path} does not match {checkpoint} (see the table above)")
+    console.print("[green]parity holds")
+
+
+def quantize(
+    onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
+    calib: Annotated[str, typer.Option(help="'synthetic' or a data folder.")] = DEFAULT_CALIBRATION,
+    samples: Annotated[
+        int, typer.Option(min=1, help="Calibration images.")
+    ] = DEFAULT_CALIBRATION_SAMPLES,
+    eval_samples: Annotated[
+        int, typer.Option(min=1, help="Held-out images for the gate.")
+    ] = DEFAULT_EVAL_SAMPLES,
+    max_drop: Annotated[
+        float, typer.Option(help="Largest tolerated mIoU/accuracy drop, in points.")
+    ] = 100 * DEFAULT_MAX_DROP,
+    out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.int8.onnx]")] = None,
+) -> None:
+    """Static INT8 (QDQ, per-channel) for CPU, kept only if accuracy drops <= --max-drop."""
+    from segdeploy.export.quantize import quantize_int8
+
+    with console.status(f"calibrating and quantising {onnx_path}"):
+        result = quantize_int8(
+            onnx_path, out, calib, samples, eval_samples, max_drop=max_drop / 100
+        )
+    console.print(
+        f"{result.metric}: fp32 {result.fp32:.4f} -> int8 {result.int8:.4f} "
+        f"(drop {result.drop_points:.2f} points, allowed {max_drop:.2f}); wrote [bold]{result.path}"
+    )
+
+
+def convert_fp16(
+    onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
+    out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.fp16.onnx]")] = None,
+) -> None:
+    """FP16 variant for CUDA (FP32 inputs/outputs kept, fragile ops left in FP32)."""
+    from segdeploy.export.fp16 import convert_fp16 as to_fp16
+
+    console.print(f"wrote [bold]{to_fp16(onnx_path, out)}")

@@ -1,0 +1,135 @@
+"""``segdeploy predict``, ``info`` and ``models``: run an export, read a model card, list what
+can be trained.
+
+``predict`` imports runtime modules only: it must work with the base install (no torch, no onnx).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from segdeploy.cli.console import console, err_console
+from segdeploy.cli.errors import EXIT_ERROR
+
+
+def predict(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="An exported model.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(metavar="INPUTS", help="Image files or folders (searched recursively)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder for masks or predictions.csv.")],
+    overlay: Annotated[
+        bool, typer.Option(help="Also write <name>_overlay.png (segmentation).")
+    ] = False,
+    provider: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per session call.")] = 1,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads; 0 = all cores.")] = 0,
+) -> None:
+    """Run MODEL.onnx on images: class-index PNG masks, or predictions.csv for classifiers."""
+    from segdeploy.runtime import open_model
+    from segdeploy.runtime.files import collect_images, plan_outputs
+
+    model = open_model(model_path, provider=provider, threads=threads)
+    if overlay and model.card.task == "classification":
+        err_console.print("--overlay draws segmentation masks; a classifier writes only its CSV")
+        overlay = False
+    paths = collect_images(inputs, exclude=out)
+    plan_outputs(model, paths, out, overlay)  # refuse to overwrite inputs before the bar starts
+    console.print(
+        f"{model.card.arch} ({model.card.task}, {model.card.num_classes} classes) on "
+        f"[bold]{model.provider}[/], {len(paths)} images -> {out}"
+    )
+    summary = _predict_with_progress_bar(model, paths, out, overlay, batch_size)
+    table = Table(title=f"predict on {summary.provider}", title_justify="left")
+    for column in ("images", "failed", "seconds", "images/s"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(summary.images),
+        str(len(summary.failed)),
+        f"{summary.seconds:.2f}",
+        f"{summary.images_per_second:.2f}",
+    )
+    console.print(table)
+    written = "predictions.csv" if summary.task == "classification" else "masks"
+    console.print(f"wrote {written} under [bold]{out}[/]")
+    for _, reason in summary.failed:
+        err_console.print(f"[red]- skipped: {reason}", highlight=False, soft_wrap=True)
+    if summary.failed:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _predict_with_progress_bar(model, paths: list[Path], out: Path, overlay: bool, batch_size: int):
+    """:func:`~segdeploy.runtime.files.predict_files` under a progress bar; its summary."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from segdeploy.runtime.files import predict_files
+
+    columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("predicting", total=len(paths))
+        return predict_files(
+            model,
+            paths,
+            out,
+            overlay=overlay,
+            batch_size=batch_size,
+            progress_callback=lambda path, error: progress.advance(task),
+        )
+
+
+def info(
+    path: Annotated[Path, typer.Argument(metavar="MODEL.pt|MODEL.onnx")],
+) -> None:
+    """Show the model card a checkpoint or an ONNX export carries."""
+    if path.suffix == ".onnx":
+        from segdeploy.runtime import open_model
+
+        model = open_model(path, provider="cpu")
+        card, extra = (
+            model.card,
+            {
+                k.removeprefix("segdeploy."): v
+                for k, v in model.metadata.items()
+                if k.startswith("segdeploy.") and not k.endswith("model_card")
+            },
+        )
+    else:
+        from segdeploy.train.checkpoint import read_checkpoint
+
+        card, extra = read_checkpoint(path)[0], {}
+    table = Table(title=str(path), title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in card.to_dict().items():
+        if key != "training":
+            table.add_row(key, str(value))
+    for key, value in card.training.items():
+        if key != "validation":
+            table.add_row(f"training.{key}", str(value))
+    for key, value in extra.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+def list_architectures() -> None:
+    """List the registered architectures and their variants."""
+    from segdeploy.models import get_spec, list_models
+
+    table = Table()
+    for column in ("arch", "task", "variants", "description"):
+        table.add_column(column)
+    for name in list_models():
+        spec = get_spec(name)
+        table.add_row(name, spec.task, ", ".join(spec.variants), spec.description)
+    console.print(table)

@@ -1,0 +1,66 @@
+"""``segdeploy bench`` through the CLI: exit codes, wording, and the files it writes or not.
+
+What the measurements hold is tested on the library, in tests/tools/test_bench.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from segdeploy.cli import app
+
+runner = CliRunner()
+
+
+def test_bench_writes_its_json_and_a_copy(unet_onnx, tmp_path):
+    copy = tmp_path / "nested" / "copy.json"
+    results = tmp_path / "results"
+    args = ["--size", "32x32", "--no-torch", "--iters", "2", "--json", str(copy)]
+    result = runner.invoke(app, ["bench", str(unet_onnx), *args, "--results", str(results)])
+    assert result.exit_code == 0, result.output
+    (json_path,) = results.glob("*.json")
+    assert json.loads(copy.read_text()) == json.loads(json_path.read_text())
+
+
+def test_bench_on_cuda_without_a_gpu_exits_2(unet_onnx):
+    result = runner.invoke(app, ["bench", str(unet_onnx), "--provider", "cuda"])
+    assert result.exit_code == 2
+    assert "cannot use it on this machine" in result.output
+
+
+def test_bench_refuses_a_missing_variant_before_timing_anything(unet_onnx, tmp_path):
+    lone = shutil.copy(unet_onnx, tmp_path / "lone.onnx")  # no lone.int8.onnx beside it
+    results = tmp_path / "results"
+    args = ["bench", str(lone), "--precision", "fp32,int8", "--results", str(results)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "no int8 variant" in result.output and "segdeploy quantize" in result.output
+    assert not results.exists()
+
+
+def test_bench_bad_input(tmp_path):
+    result = runner.invoke(app, ["bench", str(tmp_path / "none.onnx")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    result = runner.invoke(app, ["bench", str(tmp_path / "x.onnx"), "--precision", "int4"])
+    assert result.exit_code == 1 and "int4" in result.output
+
+
+def test_bench_refuses_a_size_the_model_cannot_take(unet_onnx, tmp_path):
+    args = ["bench", str(unet_onnx), "--size", "100x100", "--results", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "multiples of 16, e.g. 96x96" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_only_bench_exits_2_for_an_unusable_provider():
+    from segdeploy.cli.errors import exit_code
+    from segdeploy.core.errors import ProviderUnavailableError, SegdeployError
+
+    unusable = ProviderUnavailableError("CUDA was asked for but cannot run here")
+    assert exit_code("bench", unusable) == 2
+    assert exit_code("predict", unusable) == exit_code("verify", unusable) == 1
+    assert exit_code("bench", SegdeployError("no models to benchmark")) == 1
