@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
+from PIL import Image
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +54,38 @@ def unet_onnx(tiny_checkpoints):
 def resnet_onnx(tiny_checkpoints):
     """A ResNet-18 export (untrained) for classification runtime tests."""
     return _export_once(tiny_checkpoints["resnet18"])
+
+
+def _write_image(path: Path, height: int, width: int, mode: str = "RGB", seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path)
+    return path
+
+
+@pytest.fixture
+def write_image():
+    """``write_image(path, height, width, mode="RGB", seed=0)``: a random image file."""
+    return _write_image
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A folder with images at two levels, a non-image file, a hidden file and a corrupt PNG."""
+    folder = tmp_path / "photos"
+    _write_image(folder / "a.png", 37, 53)
+    _write_image(folder / "b.jpg", 20, 33, mode="L", seed=1)
+    _write_image(folder / "nested" / "c.png", 48, 16, mode="RGBA", seed=2)
+    (folder / "notes.txt").write_text("not an image")
+    _write_image(folder / ".hidden.png", 16, 16)
+    return folder
+
+
+@pytest.fixture
+def snapshot():
+    """``snapshot(folder)``: every file under ``folder`` with its bytes, to prove it unchanged."""
+
+    def files(folder: Path) -> dict[Path, bytes]:
+        return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    return files

@@ -14,6 +14,9 @@ from rich.table import Table
 
 from segdeploy.cli.console import console, err_console
 from segdeploy.cli.errors import EXIT_ERROR
+from segdeploy.runtime.files import DEFAULT_BATCH_SIZE
+from segdeploy.runtime.model import DEFAULT_PROVIDER
+from segdeploy.runtime.session import ALL_CORES
 
 
 def predict(
@@ -26,9 +29,11 @@ def predict(
     overlay: Annotated[
         bool, typer.Option(help="Also write <name>_overlay.png (segmentation).")
     ] = False,
-    provider: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per session call.")] = 1,
-    threads: Annotated[int, typer.Option(min=0, help="CPU threads; 0 = all cores.")] = 0,
+    provider: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = DEFAULT_PROVIDER,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images per session call.")
+    ] = DEFAULT_BATCH_SIZE,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads; 0 = all cores.")] = ALL_CORES,
 ) -> None:
     """Run MODEL.onnx on images: class-index PNG masks, or predictions.csv for classifiers."""
     from segdeploy.runtime import open_model

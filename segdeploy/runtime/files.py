@@ -28,6 +28,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
 CSV_NAME = "predictions.csv"
+#: Images per session call unless told otherwise.
+DEFAULT_BATCH_SIZE = 1
 
 #: Called once per input image when it is done: ``(path, error or None)``.
 ProgressCallback = Callable[[Path, str | None], None]
@@ -182,7 +184,7 @@ def predict_files(
     paths: Sequence[Path],
     out_dir: str | os.PathLike,
     overlay: bool = False,
-    batch_size: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress_callback: ProgressCallback | None = None,
 ) -> PredictSummary:
     """Predict every image in ``paths`` and write the results under ``out_dir``.

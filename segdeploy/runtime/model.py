@@ -21,8 +21,15 @@ from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.runtime.postprocess import Palette, crop, masks_from_logits, palette, softmax
 from segdeploy.runtime.preprocess import ImageSource, load_image, padded_size, to_model_input
-from segdeploy.runtime.session import SessionOptions, create_session, session_provider
+from segdeploy.runtime.session import (
+    ALL_CORES,
+    SessionOptions,
+    create_session,
+    session_provider,
+)
 
+#: Where :func:`open_model` runs a model unless told: CUDA when it really works, else CPU.
+DEFAULT_PROVIDER = "auto"
 _OUTPUT_RANK = {"segmentation": 4, "classification": 2}
 # One image's share of a session call: the batch output, its row in it, its original (H, W).
 _Result = tuple[np.ndarray, int, tuple[int, int]]
@@ -147,8 +154,8 @@ class ClassificationModel(_Model):
 
 def open_model(
     path: str | os.PathLike,
-    provider: str = "auto",
-    threads: int = 0,
+    provider: str = DEFAULT_PROVIDER,
+    threads: int = ALL_CORES,
     card: ModelCard | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,

@@ -18,6 +18,8 @@ from segdeploy.core.errors import ProviderUnavailableError, SegdeployError
 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PROVIDER_CHOICES = ("cpu", "cuda", "auto")
+#: ``intra_op_threads`` value that lets ONNX Runtime use every core.
+ALL_CORES = 0
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class SessionOptions:
     """
 
     provider: str = "cpu"
-    intra_op_threads: int = 0
+    intra_op_threads: int = ALL_CORES
     device_id: int = 0
     cudnn_conv_algo_search: str = "HEURISTIC"
     allow_spinning: bool = True

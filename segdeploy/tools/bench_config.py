@@ -1,8 +1,8 @@
 """What ``segdeploy bench`` measures: :class:`BenchConfig`, the one home of its defaults, and
 :func:`config_from_options`, which checks the command's raw options before any timing starts.
 
-Light on purpose (ONNX Runtime is imported only when the options are checked): the command line
-reads the defaults from here when it starts.
+Light on purpose (no torch, no onnx): the command line reads the defaults from here when it
+starts.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from segdeploy.core.artifacts import EXPORTS_FOLDER, PRECISIONS, is_variant, parse_shapes
 from segdeploy.core.errors import ProviderUnavailableError, SegdeployError
+from segdeploy.runtime.session import ALL_CORES
 
 #: Where ``segdeploy bench`` writes its JSON and chart unless told otherwise.
 RESULTS_FOLDER = Path("benchmarks/results")
@@ -33,7 +34,7 @@ class BenchConfig:
     iters: int | None = None
     seconds: float = 3.0
     compare_torch: bool = True
-    threads: int = 0
+    threads: int = ALL_CORES
     io_binding: tuple[bool, ...] = (False,)
     profile: bool = False
     # ORT and eager take turns in this many rounds (each gets seconds / rounds per round), so a

@@ -1,0 +1,21 @@
+"""The one normalisation and the size rule."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segdeploy.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise, padded_size
+
+
+def test_normalise_is_the_formula_channel_first():
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    expected = (pixels / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    out = normalise(pixels, IMAGENET_MEAN, IMAGENET_STD)
+    assert out.dtype == np.float32 and out.shape == (2, 3, 5, 7)
+    np.testing.assert_allclose(out, expected.transpose(0, 3, 1, 2), atol=1e-6)
+    assert normalise(pixels[0], IMAGENET_MEAN, IMAGENET_STD).shape == (3, 5, 7)
+
+
+def test_padded_size_rounds_up_to_the_multiple():
+    assert padded_size(16, 17, 16) == (16, 32)
+    assert padded_size(1, 33, 32) == (32, 64)
