@@ -89,3 +89,21 @@ def snapshot():
         return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
     return files
+
+
+@pytest.fixture(scope="session")
+def texture_set(tmp_path_factory) -> Path:
+    """A real-pixel segmentation folder (``train/`` + ``val/``, classes.txt): see real_pixels."""
+    pytest.importorskip("skimage")
+    from real_pixels import write_texture_segmentation
+
+    return write_texture_segmentation(tmp_path_factory.mktemp("textures"))
+
+
+@pytest.fixture(scope="session")
+def face_set(tmp_path_factory) -> Path:
+    """A real-pixel classification folder: lfw_subset faces and non-faces."""
+    pytest.importorskip("skimage")
+    from real_pixels import write_face_classification
+
+    return write_face_classification(tmp_path_factory.mktemp("faces"))

@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from segdeploy.core.errors import SegdeployError
+from segdeploy.core.input_contract import InputContract, contract_from_data
 from segdeploy.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE
 
 TASKS = ("segmentation", "classification")
-CARD_FORMAT_VERSION = 1
+# 2: the input contract (``input``); a card without one (version 1) is read with the default.
+CARD_FORMAT_VERSION = 2
 #: Key under which an ONNX export stores the card in ``metadata_props``.
 ONNX_METADATA_KEY = "segdeploy.model_card"
 
@@ -32,6 +34,8 @@ class ModelCard:
         model_kwargs: keyword arguments for the registry builder (without ``num_classes``).
         in_channels: channels the model reads (3 for RGB).
         mean, std: per-channel normalisation applied to ``[0, 1]`` pixels.
+        input: how images are sized for the model and its output mapped back
+            (:class:`~segdeploy.core.input_contract.InputContract`).
         size_multiple: height and width must be multiples of this (the architecture's, 16 for
             every model here).
         training: free-form summary of how the weights were made (epochs, best metric, data).
@@ -45,6 +49,7 @@ class ModelCard:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     size_multiple: int = SIZE_MULTIPLE
+    input: InputContract = field(default_factory=InputContract)
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = CARD_FORMAT_VERSION
 
@@ -53,6 +58,9 @@ class ModelCard:
         object.__setattr__(self, "class_names", tuple(self.class_names))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "input", contract_from_data(self.input, f"card of {self.arch}"))
+        # An older card is read with the defaults of the fields it lacks: it is a current card now.
+        object.__setattr__(self, "format_version", max(self.format_version, CARD_FORMAT_VERSION))
         problems = self._problems()
         if problems:
             raise SegdeployError(f"invalid model card for '{self.arch}': " + "; ".join(problems))
@@ -80,6 +88,7 @@ class ModelCard:
             found.append("std values must be positive")
         if self.size_multiple < 1:
             found.append(f"size_multiple must be >= 1, found {self.size_multiple}")
+        found += self.input.problems(self.size_multiple)
         if self.format_version > CARD_FORMAT_VERSION:
             found.append(
                 f"card format {self.format_version} is newer than this segdeploy "
@@ -118,6 +127,7 @@ class ModelCard:
         data["class_names"] = list(self.class_names)
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
+        data["input"] = self.input.to_dict()
         return data
 
     def to_json(self) -> str:

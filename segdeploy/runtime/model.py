@@ -19,8 +19,9 @@ import onnxruntime as ort
 
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
 from segdeploy.core.errors import SegdeployError
-from segdeploy.runtime.postprocess import Palette, crop, masks_from_logits, palette, softmax
-from segdeploy.runtime.preprocess import ImageSource, load_image, padded_size, to_model_input
+from segdeploy.core.preprocess import normalise
+from segdeploy.runtime.postprocess import Palette, argmax_mask, palette, softmax
+from segdeploy.runtime.preprocess import ImageSource, load_image
 from segdeploy.runtime.session import (
     ALL_CORES,
     SessionOptions,
@@ -75,7 +76,7 @@ class _Model:
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
         """``(B, C, Hp, Wp)`` float32, already normalised and padded -> the model's output.
 
-        The step between :func:`~segdeploy.runtime.preprocess.to_model_input` and the
+        The step between the input contract (sizing, normalisation) and the
         post-processing; ``predict`` calls it, and benchmarks time it alone.
         """
         if self.provider == "cuda":
@@ -90,25 +91,29 @@ class _Model:
         return self._session.run([self._output_name], {self._input_name: batch})[0]
 
     def _forward(self, images: Sequence[ImageSource]) -> list[_Result]:
-        """Run ``images``, one session call per padded size; ``(output, row, size)`` per image.
+        """Run ``images`` under the card's input contract, one session call per model size;
+        ``(output, row, (height, width))`` per image.
 
-        Grouping by padded size gives each image only its own minimal padding, so a result never
-        depends on which other images shared the batch.
+        Grouping by the size the model sees gives each image only its own minimal padding, so a
+        result never depends on which other images shared the batch.
         """
         arrays = [self._load(image) for image in images]
-        multiple = self.card.size_multiple
+        contract, multiple = self.card.input, self.card.size_multiple
         groups: dict[tuple[int, int], list[int]] = {}
         for index, array in enumerate(arrays):
-            groups.setdefault(padded_size(*array.shape[:2], multiple), []).append(index)
+            groups.setdefault(contract.model_size(*array.shape[:2], multiple), []).append(index)
         results: list[_Result] = [None] * len(arrays)  # type: ignore[list-item]
         for indices in groups.values():
-            batch, sizes = to_model_input(
-                [arrays[i] for i in indices], self.card.mean, self.card.std, multiple
-            )
-            output = self.run_batch(batch)
+            pixels = np.stack([contract.to_model_pixels(arrays[i], multiple) for i in indices])
+            output = self.run_batch(normalise(pixels, self.card.mean, self.card.std))
             for row, index in enumerate(indices):
-                results[index] = (output, row, sizes[row])
+                results[index] = (output, row, arrays[index].shape[:2])
         return results
+
+    def _image_logits(self, result: _Result) -> np.ndarray:
+        """``(K, H, W)`` scores of one image at its own size (segmentation)."""
+        output, row, (height, width) = result
+        return self.card.input.to_image_logits(output[row], height, width)
 
 
 class SegmentationModel(_Model):
@@ -125,15 +130,11 @@ class SegmentationModel(_Model):
 
     def predict_batch(self, images: Sequence[ImageSource]) -> list[np.ndarray]:
         """One mask per image, in order; images may differ in size."""
-        return [
-            masks_from_logits(output[row : row + 1], [size])[0]
-            for output, row, size in self._forward(images)
-        ]
+        return [argmax_mask(self._image_logits(result)) for result in self._forward(images)]
 
     def logits(self, image: ImageSource) -> np.ndarray:
         """``(K, H, W)`` float32 class scores cropped to the image's size (for parity checks)."""
-        output, row, size = self._forward([image])[0]
-        return np.ascontiguousarray(crop(output[row : row + 1], [size])[0])
+        return np.ascontiguousarray(self._image_logits(self._forward([image])[0]))
 
 
 class ClassificationModel(_Model):

@@ -1,0 +1,65 @@
+"""A PyTorch model run under its card's input contract, image in and result out.
+
+The same sizing, normalisation and mapping back as the ONNX runtime's models
+(:mod:`segdeploy.core.input_contract`), so that training validation and ``evaluate`` measure a
+``.pt`` exactly the way ``predict`` will serve its export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from segdeploy.core.card import ModelCard
+from segdeploy.core.images import ImageSource, load_image
+from segdeploy.core.preprocess import normalise
+from segdeploy.train.checkpoint import load_checkpoint
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return (shifted / shifted.sum()).astype(np.float32)
+
+
+class TorchPredictor:
+    """``predict`` and ``logits`` of an ``nn.Module`` with the runtime's semantics.
+
+    Segmentation: ``predict(image)`` is the ``(H, W)`` uint8 mask at the image's size;
+    classification: ``(label, probabilities)``. Images go through one at a time, so no image is
+    padded to another's size.
+    """
+
+    def __init__(self, model: nn.Module, card: ModelCard, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.card = card
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> TorchPredictor:
+        """Rebuild the checkpoint's model from its card (raises on a bad file)."""
+        model, card = load_checkpoint(path, device)
+        return cls(model, card, device)
+
+    @torch.no_grad()
+    def logits(self, image: ImageSource) -> np.ndarray:
+        """``(K, H, W)`` float32 scores at the image's own size, or ``(K,)`` for a classifier."""
+        pixels = load_image(image, channels=self.card.in_channels)
+        contract, multiple = self.card.input, self.card.size_multiple
+        pixels_in = contract.to_model_pixels(pixels, multiple)[None]  # (1, H, W, C)
+        batch = normalise(pixels_in, self.card.mean, self.card.std)  # (1, C, H, W)
+        output = self.model(torch.from_numpy(batch).to(self.device))[0].float().cpu().numpy()
+        if self.card.task == "classification":
+            return output
+        return contract.to_image_logits(output, *pixels.shape[:2])
+
+    def predict(self, image: ImageSource):
+        """The mask (segmentation) or ``(label, probabilities)`` (classification) of ``image``."""
+        scores = self.logits(image)
+        if self.card.task == "classification":
+            probabilities = _softmax(scores)
+            return self.card.class_names[int(np.argmax(probabilities))], probabilities
+        # argmax over classes, first maximum on ties, as the runtime's argmax_mask does
+        return np.argmax(scores, axis=0).astype(np.uint8)
