@@ -160,3 +160,54 @@ def classification_accuracy(pred: np.ndarray, target: np.ndarray) -> float:
     if target.size == 0:
         return math.nan
     return float(np.mean(pred == target))
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """A model's task metric on a labelled set, as ``evaluate`` and the gates report it.
+
+    Attributes:
+        metric_name: ``"mIoU"`` (segmentation) or ``"accuracy"`` (classification).
+        metric: its value.
+        per_class: IoU (segmentation) or recall (classification) per class; NaN where undefined.
+        details: pixel accuracy and frequency-weighted IoU (segmentation), else empty.
+        images: how many images were scored.
+    """
+
+    metric_name: str
+    metric: float
+    per_class: tuple[float, ...]
+    details: dict[str, float]
+    images: int
+
+    def to_dict(self) -> dict:
+        return {
+            "metric_name": self.metric_name,
+            "metric": _nan_to_none(self.metric),
+            "per_class": [_nan_to_none(v) for v in self.per_class],
+            "details": {k: _nan_to_none(v) for k, v in self.details.items()},
+            "images": self.images,
+        }
+
+
+def score_predictions(pairs, task: str, num_classes: int) -> TaskScore:
+    """Score ``(prediction, label)`` pairs: masks against masks, or class indices against labels.
+
+    One confusion matrix over every pixel (or image) of the set, never an average of per-image
+    scores. For classification the matrix gives accuracy and per-class recall.
+    """
+    confusion = ConfusionMatrix(num_classes)
+    images = 0
+    for prediction, label in pairs:
+        confusion.update(np.asarray(prediction), np.asarray(label))
+        images += 1
+    if task == "segmentation":
+        found = confusion.compute()
+        details = {"pixel_accuracy": found.pixel_accuracy, "fw_iou": found.fw_iou}
+        return TaskScore("mIoU", found.miou, found.per_class_iou, details, images)
+    matrix = confusion.matrix.astype(np.float64)
+    truth = matrix.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(truth > 0, np.diag(matrix) / np.where(truth > 0, truth, 1), np.nan)
+    accuracy = float(np.trace(matrix) / matrix.sum()) if matrix.sum() else math.nan
+    return TaskScore("accuracy", accuracy, tuple(float(r) for r in recall), {}, images)

@@ -8,6 +8,7 @@ without torch: the validation scenes or crops of the synthetic data, or a data f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from segdeploy.data.folders import (
     ClassificationFiles,
     SegmentationFiles,
     folder_layout,
+    load_rgb,
     split_indices,
 )
 
@@ -85,3 +87,67 @@ def _folder_items(
     else:
         _, indices = split_indices(len(files), DEFAULT_VAL_FRACTION, seed)
     return files.class_names, [files.read(i) for i in indices[:count]]
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One labelled image as users' files hold it: its name, its own-size pixels and its label."""
+
+    name: str
+    pixels: np.ndarray  # (H, W, 3) uint8 at the image's own size
+    label: np.ndarray | int  # (H, W) uint8 mask (255 = ignore) or a class index
+
+
+def labelled_images(
+    card: ModelCard, source: str, split: str, count: int | None = None, seed: int = 0
+) -> list[LabelledImage]:
+    """The ``split`` (``"train"`` or ``"val"``) items of ``source`` at their own size.
+
+    The same split training uses for the same data argument and seed: a folder's ``train/`` and
+    ``val/``, or its hold-out share (``DEFAULT_VAL_FRACTION``); the synthetic training or
+    validation scenes at the card's training size. Names identify the items (file paths, or
+    ``synthetic:<seed>:<index>``), so two uses can be proven disjoint.
+
+    Raises:
+        DataError: unusable data, or classes that differ from the card's.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', found {split!r}")
+    if source == "synthetic":
+        return _synthetic_images(card, split, count, seed)
+    layout = folder_layout(source, card.task, card.class_names)
+    root = layout.root / split if layout.has_split else layout.root
+    if layout.class_names is None:
+        files = ClassificationFiles(root, (1, 1))
+        read = lambda i: (load_rgb(files.samples[i][0]), files.samples[i][1])  # noqa: E731
+        paths = [path for path, _ in files.samples]
+    else:
+        names = layout.class_names
+        files = SegmentationFiles(root, len(names), None, names, card.size_multiple)
+        read, paths = files.read, [image for image, _ in files.samples]
+    if tuple(files.class_names) != card.class_names:
+        raise DataError(
+            f"data classes {list(files.class_names)} differ from the model's {card.class_names}"
+        )
+    indices = list(range(len(files)))
+    if not layout.has_split:
+        train, val = split_indices(len(files), DEFAULT_VAL_FRACTION, seed)
+        indices = train if split == "train" else val
+    return [LabelledImage(str(paths[i]), *read(i)) for i in indices[:count]]
+
+
+def _synthetic_images(
+    card: ModelCard, split: str, count: int | None, seed: int
+) -> list[LabelledImage]:
+    size = int(card.training.get("img_size", 8 * card.size_multiple))  # 128 for 16
+    render = synthetic.render_road_scene
+    if card.task == "classification":
+        render = synthetic.render_road_crop
+    if split == "val":
+        seed += synthetic.VALIDATION_SEED_OFFSET
+    if count is None:
+        count = synthetic.DEFAULT_VAL_SAMPLES if split == "val" else synthetic.DEFAULT_TRAIN_SAMPLES
+    return [
+        LabelledImage(f"synthetic:{seed}:{i}", *render(i, size, size, seed=seed))
+        for i in range(count)
+    ]

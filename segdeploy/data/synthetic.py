@@ -22,6 +22,9 @@ import numpy as np
 ROAD_CLASSES = ("background", "road", "vehicle", "pedestrian")
 #: Validation items use ``seed + VALIDATION_SEED_OFFSET``: scenes a model never trained on.
 VALIDATION_SEED_OFFSET = 10_000
+#: How many synthetic training and validation images a run renders unless told otherwise.
+DEFAULT_TRAIN_SAMPLES = 512
+DEFAULT_VAL_SAMPLES = 128
 _BACKGROUND, _ROAD, _VEHICLE, _PEDESTRIAN = range(4)
 
 

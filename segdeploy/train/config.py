@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segdeploy.data.folders import DEFAULT_VAL_FRACTION
+from segdeploy.data.synthetic import DEFAULT_TRAIN_SAMPLES, DEFAULT_VAL_SAMPLES
 
 
 @dataclass
@@ -36,8 +37,8 @@ class TrainConfig:
     pretrained: Path | None = None
     finetune: str = "fc"
     classes: tuple[str, ...] | None = None
-    train_samples: int = 512
-    val_samples: int = 128
+    train_samples: int = DEFAULT_TRAIN_SAMPLES
+    val_samples: int = DEFAULT_VAL_SAMPLES
     val_fraction: float = DEFAULT_VAL_FRACTION
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05
