@@ -136,5 +136,7 @@ def list_architectures() -> None:
         table.add_column(column)
     for name in list_models():
         spec = get_spec(name)
-        table.add_row(name, spec.task, ", ".join(spec.variants), spec.description)
+        default = spec.default_variant
+        variants = [f"{v} (default)" if v == default else v for v in spec.variants]
+        table.add_row(name, spec.task, ", ".join(variants), spec.description)
     console.print(table)
