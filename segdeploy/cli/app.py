@@ -11,6 +11,7 @@ import typer
 from segdeploy.cli.bench import bench
 from segdeploy.cli.demo import demo
 from segdeploy.cli.errors import one_error_path
+from segdeploy.cli.evaluate import evaluate
 from segdeploy.cli.export import convert_fp16, export, quantize, verify
 from segdeploy.cli.predict import info, list_architectures, predict
 from segdeploy.cli.train import train
@@ -28,6 +29,7 @@ COMMANDS = {
     "train": train,
     "export": export,
     "verify": verify,
+    "evaluate": evaluate,
     "predict": predict,
     "bench": bench,
     "quantize": quantize,

@@ -20,13 +20,23 @@ from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
     DEFAULT_CALIBRATION_SAMPLES,
     DEFAULT_EVAL_SAMPLES,
-    DEFAULT_MAX_DROP,
+    DEFAULT_GATE_PROVIDER,
     DEFAULT_OPSET,
     DEFAULT_PARITY_SHAPES,
+    MAX_METRIC_DROP,
 )
 
 # Parity shapes are size multiples of the model (1, 3x5 and 4x2); shown for a multiple of 16.
 PARITY_SHAPES = format_shapes(DEFAULT_PARITY_SHAPES) + " for a size multiple of 16"
+
+
+# The accuracy gate's options, shared by quantize and convert-fp16.
+EvalSamples = Annotated[
+    int, typer.Option(min=1, help="Held-out images for the gate (validation split).")
+]
+MaxDropPoints = Annotated[
+    float, typer.Option(help="Largest tolerated mIoU/accuracy drop, in points.")
+]
 
 
 def export(
@@ -92,36 +102,62 @@ def verify(
 
 def quantize(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
-    calib: Annotated[str, typer.Option(help="'synthetic' or a data folder.")] = DEFAULT_CALIBRATION,
+    calib: Annotated[
+        str,
+        typer.Option(
+            help="'synthetic' or a data folder: its training split calibrates, its validation "
+            "split grades."
+        ),
+    ] = DEFAULT_CALIBRATION,
     samples: Annotated[
-        int, typer.Option(min=1, help="Calibration images.")
+        int, typer.Option(min=1, help="Calibration images (training split).")
     ] = DEFAULT_CALIBRATION_SAMPLES,
-    eval_samples: Annotated[
-        int, typer.Option(min=1, help="Held-out images for the gate.")
-    ] = DEFAULT_EVAL_SAMPLES,
-    max_drop: Annotated[
-        float, typer.Option(help="Largest tolerated mIoU/accuracy drop, in points.")
-    ] = 100 * DEFAULT_MAX_DROP,
+    eval_samples: EvalSamples = DEFAULT_EVAL_SAMPLES,
+    max_drop: MaxDropPoints = 100 * MAX_METRIC_DROP["int8"],
     out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.int8.onnx]")] = None,
 ) -> None:
-    """Static INT8 (QDQ, per-channel) for CPU, kept only if accuracy drops <= --max-drop."""
+    """Static INT8 (QDQ, per-channel) for CPU, kept only if it passes the accuracy gate."""
     from segdeploy.export.quantize import quantize_int8
 
-    with console.status(f"calibrating and quantising {onnx_path}"):
+    with console.status(f"calibrating, quantising and gating {onnx_path}"):
         result = quantize_int8(
             onnx_path, out, calib, samples, eval_samples, max_drop=max_drop / 100
         )
-    console.print(
-        f"{result.metric}: fp32 {result.fp32:.4f} -> int8 {result.int8:.4f} "
-        f"(drop {result.drop_points:.2f} points, allowed {max_drop:.2f}); wrote [bold]{result.path}"
-    )
+    _print_gate(result)
 
 
 def convert_fp16(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
+    data: Annotated[
+        str, typer.Option(help="'synthetic' or a data folder; its validation split grades.")
+    ] = DEFAULT_CALIBRATION,
+    eval_samples: EvalSamples = DEFAULT_EVAL_SAMPLES,
+    max_drop: MaxDropPoints = 100 * MAX_METRIC_DROP["fp16"],
+    provider: Annotated[
+        str, typer.Option(help="Where the gate runs: cpu (FP16 mostly computed in FP32) or cuda.")
+    ] = DEFAULT_GATE_PROVIDER,
     out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.fp16.onnx]")] = None,
 ) -> None:
-    """FP16 variant for CUDA (FP32 inputs/outputs kept, fragile ops left in FP32)."""
+    """FP16 variant for CUDA (FP32 inputs/outputs kept, fragile ops left in FP32), gated."""
     from segdeploy.export.fp16 import convert_fp16 as to_fp16
 
-    console.print(f"wrote [bold]{to_fp16(onnx_path, out)}")
+    with console.status(f"converting and gating {onnx_path}"):
+        result = to_fp16(
+            onnx_path, out, data, eval_samples, max_drop=max_drop / 100, provider=provider
+        )
+    _print_gate(result)
+
+
+def _print_gate(result) -> None:
+    """One line of the gate's numbers, then where the variant and its report went."""
+    from segdeploy.core.artifacts import gate_report_path
+
+    stderr = f" ± {100 * result.drop_stderr:.2f}" if result.drop_stderr is not None else ""
+    agreement = result.argmax_agreement
+    console.print(
+        f"{result.metric} on {len(result.images)} held-out images ({result.provider}): "
+        f"fp32 {result.fp32:.4f} -> {result.precision} {result.variant:.4f} "
+        f"(drop {result.drop_points:.2f}{stderr} points, allowed {100 * result.max_drop:.2f}); "
+        f"argmax agreement {agreement:.2%}"
+    )
+    console.print(f"wrote [bold]{result.path}[/] and {gate_report_path(result.path)}")

@@ -172,3 +172,53 @@ def _op_profile_table(profiled) -> Table:
         size = f"{c.height}x{c.width}"
         table.add_row(c.model.removesuffix(".onnx"), c.precision, str(c.batch), size, top)
     return table
+
+
+def print_evaluate_tables(report) -> None:
+    """The models' task metric side by side, then the per-class values, one column per model."""
+    console.print(_evaluate_table(report))
+    console.print(_evaluate_per_class_table(report))
+    console.print(report.description, highlight=False)
+
+
+def _evaluate_table(report) -> Table:
+    """One row per model: format and precision, provider, metric, Δ vs the first, images/s."""
+    segmentation = report.task == "segmentation"
+    table = Table(title=f"evaluate: {report.metric_name} on {report.split}", title_justify="left")
+    table.add_column("model", overflow="fold")
+    columns = ["format", "provider", report.metric_name, "Δ vs first (points)"]
+    columns += ["pixel acc", "fwIoU"] if segmentation else []
+    for column in [*columns, "images/s"]:
+        table.add_column(column, justify="right")
+    for model in report.models:
+        delta = model.delta_points
+        row = [
+            str(model.path.name),
+            f"{model.format} {model.precision}",
+            model.provider,
+            _fmt(_defined(model.score.metric)),
+            "-" if delta is None else f"{delta:+.2f}",
+        ]
+        if segmentation:
+            details = model.score.details
+            row += [_fmt(_defined(details["pixel_accuracy"])), _fmt(_defined(details["fw_iou"]))]
+        table.add_row(*row, f"{model.images_per_s:.1f}")
+    return table
+
+
+def _evaluate_per_class_table(report) -> Table:
+    """IoU (segmentation) or recall (classification) per class, one column per model."""
+    value = "IoU" if report.task == "segmentation" else "recall"
+    table = Table(title=f"{value} per class", title_justify="left")
+    table.add_column("class")
+    for model in report.models:
+        table.add_column(model.path.name, justify="right", overflow="fold")
+    for index, name in enumerate(report.class_names):
+        cells = [_fmt(_defined(model.score.per_class[index])) for model in report.models]
+        table.add_row(name, *cells)
+    return table
+
+
+def _defined(value: float) -> float | None:
+    """``None`` (shown as ``-``) for an undefined value: a class absent from truth and output."""
+    return None if value != value else value  # NaN is the one value unequal to itself

@@ -1,7 +1,8 @@
 """What segdeploy writes and how it names it: precisions, variant files, reports, metadata keys.
 
-An FP32 export ``x.onnx`` may have variants ``x.fp16.onnx`` and ``x.int8.onnx`` beside it and a
-parity report ``x.parity.json``; every stage finds them through the functions here.
+An FP32 export ``x.onnx`` may have variants ``x.fp16.onnx`` and ``x.int8.onnx`` beside it, a
+parity report ``x.parity.json`` and one gate report per variant (``x.int8.gate.json``); every stage
+finds them through the functions here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ TORCH_VERSION_KEY = "segdeploy.torch_version"
 #: Marks a reduced-precision variant (absent on FP32 exports).
 PRECISION_KEY = "segdeploy.precision"
 CALIBRATION_KEY = "segdeploy.calibration"
+#: sha256 of the FP32 file a variant was made from: a variant belongs to that file only.
+PARENT_SHA256_KEY = "segdeploy.parent_sha256"
+#: The accuracy gate's result (JSON) that let a variant be written.
+GATE_KEY = "segdeploy.gate"
+#: The command that makes each variant, for messages that tell the user how to re-create one.
+VARIANT_COMMANDS = {"int8": "quantize", "fp16": "convert-fp16"}
 
 
 def variant_path(onnx_path: str | Path, precision: str) -> Path:
@@ -46,10 +53,31 @@ def default_export_path(checkpoint: str | Path) -> Path:
     return EXPORTS_FOLDER / f"{Path(checkpoint).stem}.onnx"
 
 
+def _beside(path: str | Path, suffix: str) -> Path:
+    """``x.onnx`` -> ``x<suffix>`` in the same folder."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}{suffix}")
+
+
 def parity_report_path(onnx_path: str | Path) -> Path:
     """``x.onnx`` -> ``x.parity.json``, the report the export gate writes beside it."""
+    return _beside(onnx_path, ".parity.json")
+
+
+def rejected_report_path(onnx_path: str | Path) -> Path:
+    """``x.onnx`` -> ``x.parity.rejected.json``: where a refused export's parity report goes."""
+    return _beside(onnx_path, ".parity.rejected.json")
+
+
+def gate_report_path(variant: str | Path) -> Path:
+    """``x.int8.onnx`` -> ``x.int8.gate.json``, the accuracy gate's report beside the variant."""
+    return _beside(variant, ".gate.json")
+
+
+def lock_path(onnx_path: str | Path) -> Path:
+    """``x.onnx`` -> ``.x.onnx.lock``, held by the export writing ``x.onnx``."""
     onnx_path = Path(onnx_path)
-    return onnx_path.with_name(f"{onnx_path.stem}.parity.json")
+    return onnx_path.with_name(f".{onnx_path.name}.lock")
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:

@@ -1,7 +1,9 @@
-"""Atomic file writes, shared by every stage (torch-free, so the runtime can use it too)."""
+"""Atomic file writes and file hashes, shared by every stage (torch-free, so the runtime can use
+them too)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -35,3 +37,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes: ties an export to its checkpoint, a variant to its parent."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,9 +1,11 @@
-"""Layered comparison of a reference (PyTorch) and a candidate (ONNX Runtime) output.
+"""Layered comparison of a reference and a candidate output: PyTorch against its FP32 export,
+or the FP32 export against its INT8 / FP16 variant.
 
 Checks run in layers, as Optimum's validation and Polygraphy do: output names, then symbolic
-dims, then shapes, then values. Every failure is collected (a report never stops at the first)
-and the value layer reports the statistics a reviewer needs: max absolute and relative error, the
-smallest absolute tolerance that would have passed, argmax agreement and NaN/Inf counts.
+dims, then shapes, then values and decisions. Every failure is collected (a report never stops at
+the first) and the value layer reports the statistics a reviewer needs: max absolute and relative
+error, the smallest absolute tolerance that would have passed, argmax agreement (over all
+positions and over the decisive ones, with their counts) and NaN/Inf counts.
 
 numpy only: the runtime and the tests use it without torch.
 """
@@ -11,6 +13,7 @@ numpy only: the runtime and the tests use it without torch.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,16 +22,36 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Pass when ``|candidate - reference| <= atol + rtol * |reference|`` everywhere and the
-    class argmax agrees on at least ``min_argmax_agreement`` of the decisive positions.
+    """When a candidate passes against its reference, declared per task and precision.
 
-    A position is *decisive* when the reference's top-two logits differ by more than
-    ``2 * atol``: closer than that, a legitimate rounding difference may flip the argmax.
+    * Values: ``|candidate - reference| <= atol + rtol * |reference|`` everywhere. An infinite
+      ``atol`` (:data:`VALUES_NOT_JUDGED`) declares that values are not judged, only decisions:
+      INT8 logits legitimately move by far more than any useful atol.
+    * Decisions: the class argmax agrees on at least ``min_argmax_agreement`` of the *decisive*
+      positions, those whose reference top-two logits differ by at least ``decisive_margin``.
+      With a margin of 0 every position is decisive; a positive margin leaves out near-ties that a
+      legitimate rounding difference may flip (FP32 against PyTorch). The margin is its own
+      number: derived from an atol of 1e3 it once made no position decisive, and so let inverted
+      logits pass.
     """
 
     atol: float
     rtol: float
     min_argmax_agreement: float
+    decisive_margin: float = 0.0
+
+    @property
+    def judges_values(self) -> bool:
+        """Whether values are checked at all (a finite ``atol``)."""
+        return math.isfinite(self.atol)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON can hold them: ``atol`` is ``None`` when values are not judged."""
+        return {**asdict(self), "atol": self.atol if self.judges_values else None}
+
+
+#: ``atol`` of a tolerance that judges decisions only.
+VALUES_NOT_JUDGED = math.inf
 
 
 @dataclass
@@ -43,6 +66,10 @@ class CaseReport:
     atol_needed: float | None = None
     argmax_agreement: float | None = None
     decisive_argmax_agreement: float | None = None
+    positions: int = 0
+    agreeing_positions: int = 0
+    decisive_positions: int = 0
+    agreeing_decisive_positions: int = 0
     nonfinite_reference: int = 0
     nonfinite_candidate: int = 0
     failures: list[str] = field(default_factory=list)
@@ -88,7 +115,7 @@ class ParityReport:
         return {
             "model": self.model,
             "passed": self.passed,
-            "tolerance": asdict(self.tolerance),
+            "tolerance": self.tolerance.to_dict(),
             "structural_failures": self.structural_failures,
             "cases": [c.to_dict() for c in self.cases],
             "context": self.context,
@@ -112,14 +139,52 @@ def check_dims(expected: list[str | int], found: list[str | int], what: str) -> 
     return []
 
 
-def _argmax_stats(reference: np.ndarray, candidate: np.ndarray, class_axis: int, atol: float):
-    ref_top = np.argmax(reference, axis=class_axis)
-    agree = ref_top == np.argmax(candidate, axis=class_axis)
-    top2 = -np.partition(-reference, 1, axis=class_axis)
-    margin = np.take(top2, 0, axis=class_axis) - np.take(top2, 1, axis=class_axis)
-    decisive = margin > 2 * atol
-    decisive_agreement = float(agree[decisive].mean()) if decisive.any() else 1.0
-    return float(agree.mean()), decisive_agreement
+def _argmax_counts(
+    reference: np.ndarray, candidate: np.ndarray, class_axis: int, margin: float
+) -> tuple[int, int, int, int]:
+    """``(positions, agreeing, decisive positions, agreeing decisive positions)``."""
+    agree = np.argmax(reference, axis=class_axis) == np.argmax(candidate, axis=class_axis)
+    if reference.shape[class_axis] > 1:
+        top2 = -np.partition(-reference, 1, axis=class_axis)
+        gap = np.take(top2, 0, axis=class_axis) - np.take(top2, 1, axis=class_axis)
+        decisive = gap >= margin
+    else:  # one class: nothing to decide, every position agrees
+        decisive = np.ones_like(agree)
+    return agree.size, int(agree.sum()), int(decisive.sum()), int(agree[decisive].sum())
+
+
+def _set_agreement(case: CaseReport, counts: tuple[int, int, int, int]) -> None:
+    positions, agreeing, decisive, agreeing_decisive = counts
+    case.positions, case.agreeing_positions = positions, agreeing
+    case.decisive_positions, case.agreeing_decisive_positions = decisive, agreeing_decisive
+    case.argmax_agreement = agreeing / positions if positions else None
+    case.decisive_argmax_agreement = agreeing_decisive / decisive if decisive else None
+
+
+def _judge(case: CaseReport, tolerance: Tolerance) -> None:
+    """Append the value and decision failures of a filled-in ``case``."""
+    needed = case.atol_needed
+    if tolerance.judges_values and needed is not None and needed > tolerance.atol:
+        case.failures.append(
+            f"values: max abs error {case.max_abs_error:.3g} needs atol {needed:.3g} "
+            f"(declared {tolerance.atol:g} with rtol {tolerance.rtol:g})"
+        )
+    agreement = case.decisive_argmax_agreement
+    if agreement is None:
+        # No decisive position: the decisions were not checked. With values judged, the value
+        # layer vouches for every position; without, nothing would, so this cannot pass.
+        if not tolerance.judges_values:
+            case.failures.append(
+                f"argmax: no position has a reference top-2 margin of at least "
+                f"{tolerance.decisive_margin:g}, so agreement cannot be judged"
+            )
+        return
+    if agreement < tolerance.min_argmax_agreement:
+        where = "decisive positions" if tolerance.decisive_margin > 0 else "positions"
+        case.failures.append(
+            f"argmax agrees on {agreement:.4%} of {case.decisive_positions} {where} "
+            f"(declared minimum {tolerance.min_argmax_agreement:.4%})"
+        )
 
 
 def compare_values(
@@ -129,7 +194,7 @@ def compare_values(
     case: CaseReport,
     class_axis: int = 1,
 ) -> CaseReport:
-    """Layers 3 and 4: shapes, then values; fills ``case`` and returns it."""
+    """Layers 3 and 4: shapes, then values and decisions; fills ``case`` and returns it."""
     case.output_shape = tuple(candidate.shape)
     if reference.shape != candidate.shape:
         case.failures.append(f"shape: expected {reference.shape}, found {candidate.shape}")
@@ -140,25 +205,49 @@ def compare_values(
     case.nonfinite_candidate = int((~np.isfinite(candidate)).sum())
     if case.nonfinite_candidate or case.nonfinite_reference:
         case.failures.append(
-            f"non-finite values: {case.nonfinite_reference} in PyTorch, "
-            f"{case.nonfinite_candidate} in ONNX Runtime"
+            f"non-finite values: {case.nonfinite_reference} in the reference, "
+            f"{case.nonfinite_candidate} in the candidate"
         )
         return case
     abs_err = np.abs(candidate - reference)
     case.max_abs_error = float(abs_err.max())
     case.max_rel_error = float((abs_err / np.maximum(np.abs(reference), 1e-6)).max())
     case.atol_needed = float(np.maximum(abs_err - tolerance.rtol * np.abs(reference), 0).max())
-    case.argmax_agreement, case.decisive_argmax_agreement = _argmax_stats(
-        reference, candidate, class_axis, tolerance.atol
-    )
-    if case.atol_needed > tolerance.atol:
-        case.failures.append(
-            f"values: max abs error {case.max_abs_error:.3g} needs atol {case.atol_needed:.3g} "
-            f"(declared {tolerance.atol:g} with rtol {tolerance.rtol:g})"
-        )
-    if case.decisive_argmax_agreement < tolerance.min_argmax_agreement:
-        case.failures.append(
-            f"argmax agrees on {case.decisive_argmax_agreement:.4%} of decisive positions "
-            f"(declared minimum {tolerance.min_argmax_agreement:.4%})"
-        )
+    counts = _argmax_counts(reference, candidate, class_axis, tolerance.decisive_margin)
+    _set_agreement(case, counts)
+    _judge(case, tolerance)
     return case
+
+
+def pool_cases(cases: list[CaseReport], tolerance: Tolerance, provider: str) -> CaseReport:
+    """One case judged over every position of ``cases`` (e.g. one per image of a gate set).
+
+    Agreement is pooled over positions, so a set is judged as a whole (a small image weighs
+    what its pixels weigh); value errors are the worst of any case; a case that could not be
+    compared (shape, non-finite values) fails the pooled one too.
+    """
+    pooled = CaseReport(provider=provider, input_shape=(len(cases),))
+    for case in cases:
+        pooled.nonfinite_reference += case.nonfinite_reference
+        pooled.nonfinite_candidate += case.nonfinite_candidate
+        if case.max_abs_error is None:
+            pooled.failures += [f"[case {case.input_shape}] {f}" for f in case.failures]
+    measured = [c for c in cases if c.max_abs_error is not None]
+    if measured:
+        pooled.max_abs_error = max(c.max_abs_error for c in measured)
+        pooled.max_rel_error = max(c.max_rel_error for c in measured)
+        pooled.atol_needed = max(c.atol_needed for c in measured)
+    _set_agreement(
+        pooled,
+        (
+            sum(c.positions for c in measured),
+            sum(c.agreeing_positions for c in measured),
+            sum(c.decisive_positions for c in measured),
+            sum(c.agreeing_decisive_positions for c in measured),
+        ),
+    )
+    if measured:
+        _judge(pooled, tolerance)
+    elif not pooled.failures:
+        pooled.failures.append("nothing was compared")
+    return pooled

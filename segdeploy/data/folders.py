@@ -2,7 +2,8 @@
 
 * :class:`SegmentationFiles`: ``root/images/*`` and ``root/masks/*.png`` paired by file stem;
 * :class:`ClassificationFiles`: ``root/<class_name>/*``, one sub-folder per class;
-* :func:`load_rgb` and :func:`read_mask`, the two file readers they use;
+* :func:`load_rgb` and :func:`read_mask`, the two file readers they use; :func:`crop_pair`,
+  a window of an image and its mask at their own scale (training's crops);
 * :func:`folder_layout` (built on :func:`data_root`, :func:`has_train_val_split` and
   :func:`folder_class_names`) and :func:`split_indices`: how a data folder given on the command
   line becomes train and validation items.
@@ -116,6 +117,30 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     # Labels fit in uint8 (validated < num_classes <= 255, or 255), so mode "L" is lossless.
     pil = Image.fromarray(mask.astype(np.uint8), "L")
     return np.asarray(pil.resize((size[1], size[0]), Image.Resampling.NEAREST))
+
+
+def crop_pair(
+    image: np.ndarray,
+    mask: np.ndarray,
+    top: int,
+    left: int,
+    size: tuple[int, int],
+    padding: str = "reflect",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``size`` = (height, width) window at ``(top, left)`` of an image and its mask.
+
+    Nothing is resized. Where the window reaches past the bottom or right edge, the image is
+    padded there with numpy's ``padding`` mode (``reflect``, as the input contract pads for the
+    model) and the mask with :data:`~segdeploy.core.metrics.IGNORE_INDEX`, so no padded pixel
+    is ever scored or learned as a class.
+    """
+    pad_h = max(0, top + size[0] - mask.shape[0])
+    pad_w = max(0, left + size[1] - mask.shape[1])
+    if pad_h or pad_w:
+        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=padding)
+        mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
+    window = (slice(top, top + size[0]), slice(left, left + size[1]))
+    return image[window], mask[window]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,13 +1,25 @@
-"""FP16 variant of an FP32 export, for the CUDA provider."""
+"""FP16 variant of an FP32 export, for the CUDA provider, behind the same gate as INT8.
+
+``x.onnx`` -> ``x.fp16.onnx``: FP16 weights and compute, FP32 inputs and outputs. Before the file
+is written, :mod:`segdeploy.export.gates` grades FP32 and FP16 on the data's validation split
+through the runtime. The gate runs on the CPU provider unless told otherwise: there ONNX Runtime
+computes most FP16 ops in FP32 behind Cast nodes, so a CPU gate measures the rounding of weights
+and activations at the casts but not half-precision arithmetic; pass ``provider="cuda"`` to gate
+where the variant will run.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
-
 from segdeploy.core.artifacts import PRECISION_KEY, variant_path
-from segdeploy.core.fileio import atomic_write
+from segdeploy.export.contract import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_EVAL_SAMPLES,
+    DEFAULT_GATE_PROVIDER,
+    MAX_METRIC_DROP,
+)
+from segdeploy.export.gates import GateResult, gate_and_write, load_split
 from segdeploy.export.onnx_file import attach_metadata, load_onnx, read_card, require_fp32
 
 #: Ops kept in FP32 by :func:`convert_fp16`: reductions and exponentials lose accuracy or
@@ -15,11 +27,31 @@ from segdeploy.export.onnx_file import attach_metadata, load_onnx, read_card, re
 FP16_BLOCKED_OPS = ("ReduceMean", "GlobalAveragePool", "Softmax", "Exp", "Pow", "Sqrt")
 
 
-def convert_fp16(onnx_path: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``<name>.fp16.onnx``: FP16 weights and compute, FP32 inputs and outputs.
+def convert_fp16(
+    onnx_path: str | Path,
+    out: str | Path | None = None,
+    data: str = DEFAULT_CALIBRATION,
+    eval_samples: int = DEFAULT_EVAL_SAMPLES,
+    max_drop: float = MAX_METRIC_DROP["fp16"],
+    min_agreement: float | None = None,
+    provider: str = DEFAULT_GATE_PROVIDER,
+) -> GateResult:
+    """Write ``<name>.fp16.onnx`` (and its ``.gate.json``) if it passes the accuracy gate.
 
     Meant for the CUDA provider (on CPU ONNX Runtime runs most FP16 ops slower than FP32). Keeping
     FP32 at the boundary means callers and ``predict`` need no change.
+
+    Args:
+        onnx_path: an FP32 segdeploy export.
+        data: ``"synthetic"`` or a data folder; its validation split grades the variant.
+        eval_samples: validation images for the gate.
+        max_drop: largest tolerated drop of mIoU / accuracy (0.005 = half a point).
+        min_agreement: override the contract's minimum argmax agreement with FP32.
+        provider: where the gate runs both models (``"cpu"``; ``"cuda"`` on a GPU).
+
+    Raises:
+        SegdeployError: unreadable input or data.
+        AccuracyGateError: the FP16 model failed the gate (``.result``); no file was written.
     """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
@@ -27,12 +59,21 @@ def convert_fp16(onnx_path: str | Path, out: str | Path | None = None) -> Path:
     model = load_onnx(onnx_path)
     require_fp32(model, onnx_path, "convert-fp16")
     out = Path(out) if out else variant_path(onnx_path, "fp16")
-    read_card(model, str(onnx_path))
+    card = read_card(model, str(onnx_path))
+    gate = load_split(card, data, "val", eval_samples, int(card.training.get("seed", 0)))
+    parent_metadata = {p.key: p.value for p in model.metadata_props}
     half = convert_float_to_float16(
         model,
         keep_io_types=True,
         op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_BLOCKED_OPS],
     )
-    attach_metadata(half, {PRECISION_KEY: "fp16"})
-    atomic_write(out, lambda tmp: onnx.save_model(half, tmp))
-    return out
+    attach_metadata(half, parent_metadata | {PRECISION_KEY: "fp16"})
+    return gate_and_write(
+        onnx_path,
+        half,
+        out,
+        gate,
+        max_drop=max_drop,
+        min_agreement=min_agreement,
+        provider=provider,
+    )

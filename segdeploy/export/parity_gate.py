@@ -3,6 +3,12 @@
 Layers: output names, symbolic dims, then per (provider, shape) output shape and values
 (:mod:`segdeploy.core.parity` does the comparison). ``export`` runs it before publishing a file;
 ``verify`` runs it on an existing export.
+
+On CUDA the gate checks what it claims to check (:func:`gate_session_options`): FP32 arithmetic
+(TF32 off, so the 1e-3 FP32 tolerance holds on Ampere and newer GPUs instead of being spent on
+TF32's 10-bit mantissa) computed by CUDA kernels only (a node ONNX Runtime would place on the CPU
+makes the session fail with a :class:`ProviderUnavailableError` that lists it, rather than a
+"CUDA" result that was partly computed on the CPU).
 """
 
 from __future__ import annotations
@@ -19,8 +25,39 @@ from segdeploy.core.errors import SegdeployError
 from segdeploy.core.parity import CaseReport, ParityReport, check_dims, check_names, compare_values
 from segdeploy.export.contract import CONTRACTS, default_parity_shapes
 from segdeploy.export.onnx_file import graph_dims, load_onnx, read_card
-from segdeploy.runtime.session import SessionOptions, create_session, usable_providers
+from segdeploy.runtime.session import (
+    SessionOptions,
+    cpu_placed_nodes,
+    create_session,
+    usable_providers,
+)
 from segdeploy.train.checkpoint import load_checkpoint
+
+
+def gate_session_options(provider: str) -> SessionOptions:
+    """The session every parity or accuracy gate opens on ``provider``.
+
+    TF32 stays off (not a separate CUDA tolerance) because the gate's job is to verify the FP32
+    arithmetic the runtime serves, and every segdeploy session runs with TF32 off by default;
+    loosening the tolerance for CUDA would pass graphs whose FP32 results were never compared.
+    CPU fallback stays allowed: ORT's CUDA provider hands small shape subgraphs (Shape, Concat,
+    Gather before a Resize) to the CPU on purpose, and refusing every CPU node would refuse
+    DeepLab. :func:`cuda_compute_on_cpu` lists instead what would really run there.
+    """
+    return SessionOptions(provider=provider, use_tf32=False)
+
+
+#: Operators whose presence on the CPU inside a CUDA session means the model is not really
+#: running on the GPU (shape arithmetic on the CPU is ORT's normal placement and is allowed).
+GPU_COMPUTE_OPS = frozenset(
+    {"Conv", "ConvTranspose", "MatMul", "Gemm", "BatchNormalization", "Resize", "Softmax"}
+)
+
+
+def cuda_compute_on_cpu(model_bytes: bytes) -> list[str]:
+    """The compute operators ONNX Runtime would place on the CPU in a CUDA session, if any."""
+    placed = cpu_placed_nodes(model_bytes, gate_session_options("cuda"))
+    return sorted({op for op in placed if op in GPU_COMPUTE_OPS})
 
 
 def check_parity(
@@ -36,30 +73,51 @@ def check_parity(
 
     Layers: output names, symbolic dims, then per (provider, shape): output shape and values.
     Shapes whose height or width is not a multiple of ``card.size_multiple`` are reported as
-    failures of the input, not run.
+    failures of the input, not run. Sessions are opened with :func:`gate_session_options`.
+
+    On CUDA, a graph whose compute operators ONNX Runtime would place on the CPU fails the
+    gate (:func:`cuda_compute_on_cpu`).
     """
     contract = CONTRACTS[card.task]
-    tolerance = contract.tolerances[precision]
-    report = ParityReport(model=name, tolerance=tolerance)
-    graph = onnx_model.graph
-    report.structural_failures += check_names(
-        [contract.input_name], [i.name for i in graph.input], "input"
-    )
-    report.structural_failures += check_names(
-        [contract.output_name], [o.name for o in graph.output], "output"
-    )
-    if not report.structural_failures:
-        report.structural_failures += check_dims(
-            contract.resolve(contract.input_dims, card), graph_dims(graph.input[0]), "input"
-        )
-        report.structural_failures += check_dims(
-            contract.resolve(contract.output_dims, card), graph_dims(graph.output[0]), "output"
-        )
+    report = ParityReport(model=name, tolerance=contract.tolerances[precision])
+    report.structural_failures += structural_failures(onnx_model, card)
     if report.structural_failures:
         return report
-
     model_bytes = onnx_model.SerializeToString()
-    providers = providers or usable_providers()
+    inputs = _reference_outputs(torch_model, card, shapes, report)
+    for provider in providers or usable_providers():
+        on_cpu = cuda_compute_on_cpu(model_bytes) if provider == "cuda" else []
+        if on_cpu:  # a CUDA case must be a CUDA result, not a CPU one under CUDA's name
+            report.structural_failures.append(f"cuda: ONNX Runtime would run {on_cpu} on the CPU")
+            continue
+        session = create_session(model_bytes, gate_session_options(provider))
+        for x, reference in inputs:
+            case = CaseReport(provider=provider, input_shape=tuple(x.shape))
+            candidate = session.run(None, {contract.input_name: x})[0]
+            report.cases.append(compare_values(reference, candidate, report.tolerance, case))
+    return report
+
+
+def structural_failures(onnx_model: onnx.ModelProto, card: ModelCard) -> list[str]:
+    """Layers 1 and 2: the graph's input/output names, then their symbolic dims."""
+    contract = CONTRACTS[card.task]
+    graph = onnx_model.graph
+    found = check_names([contract.input_name], [i.name for i in graph.input], "input")
+    found += check_names([contract.output_name], [o.name for o in graph.output], "output")
+    if found:
+        return found
+    found += check_dims(
+        contract.resolve(contract.input_dims, card), graph_dims(graph.input[0]), "input"
+    )
+    found += check_dims(
+        contract.resolve(contract.output_dims, card), graph_dims(graph.output[0]), "output"
+    )
+    return found
+
+
+def _reference_outputs(torch_model: nn.Module, card: ModelCard, shapes, report: ParityReport):
+    """``(input, PyTorch output)`` per parity shape; sizes the model cannot take are reported
+    in ``report`` as failures of the input, not run."""
     rng = np.random.default_rng(1234)
     inputs = []
     for batch, height, width in shapes or default_parity_shapes(card.size_multiple):
@@ -71,13 +129,7 @@ def check_parity(
         x = rng.standard_normal((batch, card.in_channels, height, width), dtype=np.float32)
         with torch.no_grad():
             inputs.append((x, torch_model(torch.from_numpy(x)).numpy()))
-    for provider in providers:
-        session = create_session(model_bytes, SessionOptions(provider=provider))
-        for x, reference in inputs:
-            case = CaseReport(provider=provider, input_shape=tuple(x.shape))
-            candidate = session.run(None, {contract.input_name: x})[0]
-            report.cases.append(compare_values(reference, candidate, tolerance, case))
-    return report
+    return inputs
 
 
 def verify_export(

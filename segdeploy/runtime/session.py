@@ -4,12 +4,21 @@ ONNX Runtime silently falls back to the CPU when the CUDA provider cannot load (
 CUDA or cuDNN libraries). :func:`create_session` checks the providers the session actually got
 and raises :class:`~segdeploy.core.errors.ProviderUnavailableError` when CUDA was asked for but
 is not what runs the model.
+
+Every session is opened with the Python binding's own fallback switched off
+(``enable_fallback=0``): otherwise a CUDA session that fails to start, or a CUDA kernel that fails
+during a run, is retried on the CPU behind our back (with a banner on stdout), and a number
+labelled CUDA would be a CPU number.
+
+What the CUDA provider is asked for (TF32, CPU fallback) is built by the pure function
+:func:`session_plan`, so it can be checked on machines without a GPU.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnxruntime as ort
@@ -20,6 +29,12 @@ PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"
 PROVIDER_CHOICES = ("cpu", "cuda", "auto")
 #: ``intra_op_threads`` value that lets ONNX Runtime use every core.
 ALL_CORES = 0
+#: Session config key that makes ORT refuse a session in which any node is placed on the CPU EP.
+DISABLE_CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"
+#: Session config key that records which provider got which node (ORT 1.23+).
+RECORD_ASSIGNMENT_KEY = "session.record_ep_graph_assignment_info"
+#: The phrase of ORT's refusal when ``session.disable_cpu_ep_fallback`` finds a node on the CPU.
+_FALLBACK_REFUSAL = "fallback to CPU EP has been explicitly disabled"
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,17 @@ class SessionOptions:
             spinning (benchmarks/README.md). Turn it off when several engines share the CPU.
         profile_prefix: switch on ONNX Runtime's profiler, writing ``<prefix>_<time>.json``
             (see :mod:`segdeploy.tools.opprofile`).
+        use_tf32: let the CUDA provider compute FP32 convolutions and matrix products in TF32
+            (ORT's ``use_tf32`` provider option). Off by default, unlike ORT: on Ampere and newer
+            GPUs TF32 keeps 10 mantissa bits instead of 23, errors of ~1e-3 relative per
+            product, which is the FP32 parity gate's whole tolerance (1e-3). The gate verifies
+            FP32 arithmetic, so every segdeploy session computes FP32 unless a caller opts in
+            here and accepts numbers the gate never checked. No effect on the CPU.
+        disable_cpu_fallback: refuse a CUDA session in which ONNX Runtime would place any node on
+            the CPU (session config ``session.disable_cpu_ep_fallback``), with a
+            :class:`ProviderUnavailableError` that lists those nodes. The parity gate uses it so
+            that what it calls a CUDA result was computed by CUDA kernels only. No effect on a CPU
+            session (ORT rejects the key when the CPU provider is asked for explicitly).
     """
 
     provider: str = "cpu"
@@ -47,36 +73,75 @@ class SessionOptions:
     cudnn_conv_algo_search: str = "HEURISTIC"
     allow_spinning: bool = True
     profile_prefix: str | None = None
+    use_tf32: bool = False
+    disable_cpu_fallback: bool = False
 
 
-def _ort_options(options: SessionOptions) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = options.intra_op_threads
-    so.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
-    )
-    if options.profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = options.profile_prefix
-    so.log_severity_level = 3  # provider fallback is reported by us, as an error, not a warning
-    return so
+@dataclass(frozen=True)
+class SessionPlan:
+    """What ORT is handed for one provider: the provider list and the session config entries."""
+
+    providers: list[str | tuple[str, dict[str, str]]]
+    config_entries: dict[str, str]
 
 
-def _cuda_provider(options: SessionOptions) -> tuple[str, dict[str, str]]:
-    return (
+def session_plan(options: SessionOptions, provider: str) -> SessionPlan:
+    """The providers and config entries a session on ``provider`` (``cpu`` or ``cuda``) gets.
+
+    Pure (no ORT call), so what a CUDA session is asked for is testable without a GPU.
+    """
+    entries = {"session.intra_op.allow_spinning": "1" if options.allow_spinning else "0"}
+    if provider == "cpu":
+        return SessionPlan([PROVIDER_NAMES["cpu"]], entries)
+    cuda = (
         PROVIDER_NAMES["cuda"],
         {
             "device_id": str(options.device_id),
             "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
+            "use_tf32": "1" if options.use_tf32 else "0",
         },
+    )
+    if options.disable_cpu_fallback:
+        # ORT refuses the key when the CPU provider is also listed explicitly ("conflicting
+        # session configuration"), so the CUDA provider stands alone.
+        return SessionPlan([cuda], {**entries, DISABLE_CPU_FALLBACK_KEY: "1"})
+    return SessionPlan([cuda, PROVIDER_NAMES["cpu"]], entries)
+
+
+def _ort_options(options: SessionOptions, plan: SessionPlan) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = options.intra_op_threads
+    for key, value in plan.config_entries.items():
+        so.add_session_config_entry(key, value)
+    if options.profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = options.profile_prefix
+    # Provider fallback and refusals are reported by us, as one sentence, not as ORT log lines.
+    so.log_severity_level = 4 if DISABLE_CPU_FALLBACK_KEY in plan.config_entries else 3
+    return so
+
+
+def _open(source: str | bytes, options: SessionOptions, provider: str) -> ort.InferenceSession:
+    plan = session_plan(options, provider)
+    return ort.InferenceSession(
+        source,
+        sess_options=_ort_options(options, plan),
+        providers=plan.providers,
+        enable_fallback=0,
     )
 
 
 def create_session(
     model: str | Path | bytes, options: SessionOptions | None = None
 ) -> ort.InferenceSession:
-    """Open ``model`` (a path or serialized bytes) on the requested provider, or raise."""
+    """Open ``model`` (a path or serialized bytes) on the requested provider, or raise.
+
+    Raises:
+        ProviderUnavailableError: CUDA asked for but not usable here, or (with
+            ``disable_cpu_fallback``) some nodes would run on the CPU inside the CUDA session.
+        SegdeployError: an unknown provider name.
+    """
     options = options or SessionOptions()
     if options.provider not in PROVIDER_CHOICES:
         raise SegdeployError(
@@ -84,35 +149,78 @@ def create_session(
         )
     source = model if isinstance(model, bytes) else os.fspath(model)
     available = ort.get_available_providers()
-    want_cuda = options.provider in ("cuda", "auto")
-    if want_cuda and PROVIDER_NAMES["cuda"] in available:
-        # A CUDA provider that cannot load makes ORT print pages of loader errors and fall back;
-        # we check the outcome ourselves and report it in one sentence instead.
-        ort.set_default_logger_severity(4)
-        try:
-            session = ort.InferenceSession(
-                source,
-                sess_options=_ort_options(options),
-                providers=[_cuda_provider(options), PROVIDER_NAMES["cpu"]],
-            )
-        except Exception as err:  # ORT raises plain RuntimeError/Fail for bad CUDA setups
-            if options.provider == "cuda":
-                message = f"the CUDA provider failed to start: {err}"
-                raise ProviderUnavailableError(message) from None
-            session = None
-        finally:
-            ort.set_default_logger_severity(2)
-        if session is not None and session.get_providers()[0] == PROVIDER_NAMES["cuda"]:
+    if options.provider in ("cuda", "auto") and PROVIDER_NAMES["cuda"] in available:
+        session = _try_cuda(source, options)
+        if session is not None:
             return session
     if options.provider == "cuda":
-        raise ProviderUnavailableError(
-            "CUDA was asked for but ONNX Runtime cannot run on it here (no usable GPU or CUDA "
-            f"libraries); this onnxruntime build has {', '.join(available)}, and only the CPU one "
-            "runs on this machine"
-        )
-    return ort.InferenceSession(
-        source, sess_options=_ort_options(options), providers=[PROVIDER_NAMES["cpu"]]
+        raise _cuda_unusable(available)
+    return _open(source, options, "cpu")
+
+
+def _try_cuda(source: str | bytes, options: SessionOptions) -> ort.InferenceSession | None:
+    """A session really running on CUDA; None (``auto``) or an error (``cuda``) otherwise."""
+    # A CUDA provider that cannot load makes ORT print pages of loader errors; we check the
+    # outcome ourselves and report it in one sentence instead.
+    ort.set_default_logger_severity(4)
+    try:
+        session = _open(source, options, "cuda")
+    except Exception as err:  # ORT raises plain RuntimeError/Fail for bad CUDA setups
+        if options.provider != "cuda":
+            return None
+        raise _cuda_failure(source, options, err) from None
+    finally:
+        ort.set_default_logger_severity(2)
+    return session if session_provider(session) == "cuda" else None
+
+
+def _cuda_unusable(available: list[str]) -> ProviderUnavailableError:
+    return ProviderUnavailableError(
+        "CUDA was asked for but ONNX Runtime cannot run on it here (no usable GPU or CUDA "
+        f"libraries); this onnxruntime build has {', '.join(available)}, and only the CPU one "
+        "runs on this machine"
     )
+
+
+def _cuda_failure(source: str | bytes, options: SessionOptions, err: Exception) -> SegdeployError:
+    """The one-sentence error for a CUDA session ORT refused to open."""
+    if not (options.disable_cpu_fallback and _FALLBACK_REFUSAL in str(err)):
+        return ProviderUnavailableError(f"the CUDA provider failed to start: {err}")
+    # ORT words "the CUDA provider did not load" and "some nodes would run on the CPU" alike.
+    if "cuda" not in usable_providers():
+        return _cuda_unusable(ort.get_available_providers())
+    try:
+        on_cpu = cpu_placed_nodes(source, options)
+    except Exception:  # the listing is a courtesy; the refusal stands without it
+        on_cpu = []
+    listed = ", ".join(f"{op} x{n}" for op, n in Counter(on_cpu).most_common()) or "unlisted"
+    return ProviderUnavailableError(
+        f"ONNX Runtime would run {len(on_cpu) or 'some'} node(s) of this model on the CPU inside "
+        f"the CUDA session ({listed}), and this session refuses CPU fallback so that its "
+        "results are CUDA's alone; use --provider cpu to check or run it on the CPU"
+    )
+
+
+def cpu_placed_nodes(model: str | Path | bytes, options: SessionOptions) -> list[str]:
+    """Operator types ONNX Runtime places on the CPU in a CUDA session of ``model``.
+
+    Opens the CUDA session with CPU fallback allowed and reads ORT's node assignment (needs
+    ORT 1.23+; an older ORT gives an empty list). On a CPU session every node is listed.
+    """
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    provider = "cuda" if options.provider != "cpu" else "cpu"
+    plan = session_plan(replace(options, disable_cpu_fallback=False), provider)
+    so = _ort_options(options, plan)
+    so.add_session_config_entry(RECORD_ASSIGNMENT_KEY, "1")
+    session = ort.InferenceSession(source, so, providers=plan.providers, enable_fallback=0)
+    if not hasattr(session, "get_provider_graph_assignment_info"):
+        return []
+    return [
+        node.op_type
+        for subgraph in session.get_provider_graph_assignment_info()
+        if subgraph.ep_name == PROVIDER_NAMES["cpu"]
+        for node in subgraph.get_nodes()
+    ]
 
 
 def session_provider(session: ort.InferenceSession) -> str:

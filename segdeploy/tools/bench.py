@@ -12,6 +12,14 @@ What is measured and its defaults are in :mod:`segdeploy.tools.bench_config`, th
 machine's peaks in :mod:`segdeploy.tools.timing`, the chart in :mod:`segdeploy.tools.bench_chart`.
 Planning reads every model card and checks sizes and precision variants first, so that bad input
 is reported before minutes of benchmarking, not after.
+
+Like with like on CUDA, in every row. Without io-binding ONNX Runtime's ``session.run`` takes a
+host array and returns a host array, so the eager call does the same (:func:`eager_call` with
+``host_io=True``): it copies the input host->device, runs, and copies the output device->host
+inside the timed call. With io-binding both engines keep input and output on the device: the
+input is copied once before timing and the output stays there. Both engines compute FP32 without
+TF32 (ORT's ``use_tf32`` is off in every segdeploy session, and the eager model runs with
+PyTorch's cuDNN and matmul TF32 switched off to match), so a speedup is never TF32 against FP32.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from segdeploy.core.errors import SegdeployError
 from segdeploy.core.fileio import atomic_write
 from segdeploy.runtime import open_model
 from segdeploy.runtime.session import SessionOptions, create_session, session_provider
+from segdeploy.runtime.variants import require_parent
 from segdeploy.tools.bench_config import BenchConfig
 from segdeploy.tools.opprofile import OpShare, profile_ops
 from segdeploy.tools.timing import (
@@ -134,13 +143,19 @@ def count_gflops(card: ModelCard, height: int, width: int) -> float:
 def precision_file(path: Path, precision: str) -> Path:
     """The file benchmarked for a precision: ``x.onnx``, ``x.fp16.onnx`` or ``x.int8.onnx``.
 
+    A variant is used only beside the FP32 file it was made from (its recorded parent sha256),
+    so a row never compares an INT8 model with an FP32 export re-made since.
+
     Raises:
-        SegdeployError: the variant has not been made yet (the message names the command).
+        SegdeployError: the variant has not been made yet (the message names the command), or
+            it was made from another FP32 file than ``path``.
     """
     variant = variant_path(path, precision)
     if not variant.is_file():
         hint = "segdeploy quantize" if precision == "int8" else "segdeploy convert-fp16"
         raise SegdeployError(f"no {precision} variant {variant} of {path}; make it with `{hint}`")
+    if variant != path:
+        require_parent(variant, path)
     return variant
 
 
@@ -169,7 +184,9 @@ def bench_case(
     else:
         run = lambda: session.run(None, {input_name: x})  # noqa: E731
     notes: list[str] = []
-    eager = _torch_call(card, config, x, precision, notes) if config.compare_torch else None
+    eager = None
+    if config.compare_torch:
+        eager = _torch_call(card, config, x, precision, notes, host_io=not io_binding)
     onnx_samples, torch_samples, round_speedups = _timed_rounds(run, eager, config)
     case = BenchCase(
         model=path.name,
@@ -228,25 +245,67 @@ def _bound_runner(session: ort.InferenceSession, x: np.ndarray, provider: str):
     return lambda: session.run_with_iobinding(binding)
 
 
-def _torch_call(card: ModelCard, config: BenchConfig, x: np.ndarray, precision: str, notes):
+def _torch_call(
+    card: ModelCard, config: BenchConfig, x: np.ndarray, precision: str, notes, host_io: bool
+):
     """A call that runs the eager model of ``card`` on ``x`` (on the bench's device) once."""
-    import torch
-
     device = "cuda" if config.provider == "cuda" else "cpu"
     half = eager_precision(precision, config.provider) == "fp16"
     if precision != "fp32" and not half:
         notes.append(f"PyTorch eager runs FP32 (no eager {precision} counterpart here)")
-    model = eager_model(card, device, half)
-    tensor = torch.from_numpy(x).to(device)
-    tensor = tensor.half() if half else tensor
+    if device == "cuda":
+        _match_ort_fp32()
+    return eager_call(eager_model(card, device, half), x, device, half, host_io)
 
-    def call() -> None:
+
+def _match_ort_fp32() -> None:
+    """Switch PyTorch's TF32 off, as ORT's ``use_tf32`` is in every segdeploy session.
+
+    PyTorch lets cuDNN convolutions use TF32 by default on Ampere and newer GPUs; left on, the
+    eager side of a CUDA row would compute in lower precision than the ORT side.
+    """
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def eager_call(model, x: np.ndarray, device: str, half: bool, host_io: bool):
+    """A call running ``model`` once on ``x``, crossing the bus exactly as ORT's run does.
+
+    Args:
+        model: the eager model, already on ``device`` (and in FP16 if ``half``).
+        x: the host input (FP32), as ONNX Runtime is given it.
+        device: ``"cpu"`` or ``"cuda"``.
+        half: feed the model FP16 (cast on the device; the output is cast back to FP32 there, as
+            an FP16 ONNX graph with FP32 inputs and outputs does).
+        host_io: ``True`` to match ``session.run``: each call copies ``x`` host->device and
+            returns the output as a host numpy array (device->host copy included). ``False`` to
+            match io-binding: ``x`` is copied to the device once, here, and each call returns the
+            output tensor left on the device (after a synchronize, so the time is complete).
+    """
+    import torch
+
+    def run(tensor):
         with torch.inference_mode():
-            model(tensor)
+            out = model(tensor.half() if half else tensor)
+        return out.float() if half else out
+
+    if host_io:
+
+        def call_host() -> np.ndarray:
+            return run(torch.from_numpy(x).to(device)).cpu().numpy()
+
+        return call_host
+    on_device = torch.from_numpy(x).to(device)
+
+    def call_device():
+        out = run(on_device)
         if device == "cuda":
             torch.cuda.synchronize()
+        return out
 
-    return call
+    return call_device
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ model from the card alone; nothing else has to be known about how it was trained
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import pickletools
 import zipfile
@@ -104,12 +103,3 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, M
             f"{path}: the weights do not fit the '{card.arch}' described by its card ({first})"
         ) from None
     return model.to(device).eval(), card
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file (recorded in exports to tie them to their checkpoint)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -5,8 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from segdeploy.data.folders import DEFAULT_VAL_FRACTION
+from segdeploy.core.input_contract import InputContract
 from segdeploy.data.synthetic import DEFAULT_TRAIN_SAMPLES, DEFAULT_VAL_SAMPLES
+
+#: The resize policy of the input contract training writes into each task's card.
+#:
+#: * segmentation: ``pad``. Training sees crops at the data's own scale, so ``predict`` runs
+#:   each image at its own size too, reflect-padded to the size multiple, logits cropped back.
+#: * classification: ``fixed`` at the training size. Classifiers train on images resized to
+#:   that size, and a prediction must not pool reflect padding into its one answer (a 17x17
+#:   image padded to 32x32 would be 72 % reflection).
+TRAINING_RESIZE_BY_TASK = {"segmentation": "pad", "classification": "fixed"}
+
+# The contract's ``size`` for each policy, from the training image size.
+_CONTRACT_SIZE = {
+    "pad": lambda img_size: None,
+    "fixed": lambda img_size: (img_size, img_size),
+    "shorter_side": lambda img_size: (img_size,),
+}
+
+
+def training_input_contract(task: str, img_size: int) -> InputContract:
+    """The input contract of a ``task`` model trained at ``img_size``: the policy of
+    :data:`TRAINING_RESIZE_BY_TASK`, sized from ``img_size``."""
+    resize = TRAINING_RESIZE_BY_TASK[task]
+    return InputContract(resize, _CONTRACT_SIZE[resize](img_size))
 
 
 @dataclass
@@ -19,6 +42,14 @@ class TrainConfig:
     ``data`` is ``"synthetic"`` or a folder. Segmentation folders hold ``images/`` + ``masks/``
     (or ``train/`` and ``val/`` sub-folders of that form) and class names in ``classes.txt`` or
     ``classes``; classification folders hold one sub-folder per class (or ``train/`` + ``val/``).
+    A folder without ``train/`` + ``val/`` holds out
+    :data:`~segdeploy.data.folders.DEFAULT_VAL_FRACTION` of its items, chosen with ``seed``: the
+    split that ``evaluate`` and the export gates find again from the card's seed.
+
+    ``img_size`` is the side of the square training images: synthetic scenes are rendered at
+    it, segmentation folders are cut into random crops of it at their own scale, classification
+    images are resized to it. Validation runs every image the way ``predict`` will
+    (:func:`training_input_contract`).
     """
 
     arch: str
@@ -39,6 +70,5 @@ class TrainConfig:
     classes: tuple[str, ...] | None = None
     train_samples: int = DEFAULT_TRAIN_SAMPLES
     val_samples: int = DEFAULT_VAL_SAMPLES
-    val_fraction: float = DEFAULT_VAL_FRACTION
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05

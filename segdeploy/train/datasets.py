@@ -4,8 +4,9 @@
   :mod:`segdeploy.data.synthetic`;
 * :class:`SegmentationFolder` and :class:`ClassificationFolder` wrap the folder readers of
   :mod:`segdeploy.data.folders` (which validate eagerly, so a bad file fails before training);
-* :func:`compute_class_weights` and :func:`build_datasets` (train and validation sets from a
-  :class:`~segdeploy.train.config.TrainConfig`).
+* :func:`compute_class_weights` and :func:`build_datasets` (the training set from a
+  :class:`~segdeploy.train.config.TrainConfig`; validation reads its own-size images with
+  :func:`segdeploy.data.samples.labelled_images`, as ``evaluate`` does).
 
 What this module adds to the numpy items is what needs torch: tensors, normalised with
 :func:`segdeploy.core.preprocess.normalise` like everywhere else, and random augmentation drawn
@@ -14,7 +15,6 @@ from torch's RNG so that DataLoader workers get distinct, seedable streams.
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,23 +30,34 @@ from segdeploy.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE
 from segdeploy.data.checks import check_normalisation, check_size
 from segdeploy.data.class_weights import inverse_frequency_weights
 from segdeploy.data.folders import (
+    DEFAULT_VAL_FRACTION,
     ClassificationFiles,
     SegmentationFiles,
+    crop_pair,
     folder_layout,
     split_indices,
 )
-from segdeploy.data.synthetic import (
-    ROAD_CLASSES,
-    VALIDATION_SEED_OFFSET,
-    render_road_crop,
-    render_road_scene,
-)
+from segdeploy.data.synthetic import ROAD_CLASSES, render_road_crop, render_road_scene
 from segdeploy.train.config import TrainConfig
 
 
 def _to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 tensor, scaled to [0, 1] then standardised."""
     return torch.from_numpy(normalise(image, mean, std))
+
+
+def _random_crop(
+    image: np.ndarray, mask: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``size`` window of image and mask at their own scale (never resized).
+
+    An image smaller than the window is reflect-padded at the bottom and right, its mask with
+    255 (ignore), as :func:`~segdeploy.data.folders.crop_pair` does.
+    """
+    height, width = mask.shape
+    top = int(torch.randint(0, max(0, height - size[0]) + 1, ()))
+    left = int(torch.randint(0, max(0, width - size[1]) + 1, ()))
+    return crop_pair(image, mask, top, left, size)
 
 
 def _random_flip_and_scale_crop(
@@ -191,6 +202,10 @@ class SegmentationFolder(SegmentationFiles, Dataset):
         augment: random horizontal flip and scale-crop, applied identically to image and mask.
         class_names: optional names; defaults to ``class_0``, ``class_1``, ...
         size_multiple: the model's size multiple (16 unless its architecture says otherwise).
+        crop: optional (height, width), multiples of ``size_multiple``: each item is a random
+            window of this size at the image's own scale (what training uses, so that the model
+            learns the scale ``predict`` serves); smaller images are reflect-padded and their
+            masks padded with 255 (ignore). The crop comes before the augmentation.
 
     Items are ``(image, mask)``: image (3, H, W) float32 normalised, mask (H, W) int64.
     """
@@ -205,13 +220,17 @@ class SegmentationFolder(SegmentationFiles, Dataset):
         augment: bool = False,
         class_names: Sequence[str] | None = None,
         size_multiple: int = SIZE_MULTIPLE,
+        crop: tuple[int, int] | None = None,
     ) -> None:
         self.mean, self.std = check_normalisation(mean, std)
         self.augment = augment
+        self.crop = None if crop is None else check_size(crop, f"Crop of {root}", size_multiple)
         super().__init__(root, num_classes, size, class_names, size_multiple)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.read(index)
+        if self.crop is not None:
+            image, mask = _random_crop(image, mask, self.crop)
         if self.augment:
             image, mask = _random_flip_and_scale_crop(image, mask)
         # Masks never go through ToTensor, which would rescale labels to [0, 1].
@@ -220,7 +239,8 @@ class SegmentationFolder(SegmentationFiles, Dataset):
 
     def describe(self) -> str:
         """One line for logs and model cards."""
-        return super().describe() + (", augmented" if self.augment else "")
+        crop = f", random {self.crop[0]}x{self.crop[1]} crops" if self.crop else ""
+        return super().describe() + crop + (", augmented" if self.augment else "")
 
 
 class ClassificationFolder(ClassificationFiles, Dataset):
@@ -303,43 +323,39 @@ def compute_class_weights(
 
 def build_datasets(
     config: TrainConfig, task: str, size: int, size_multiple: int = SIZE_MULTIPLE
-) -> tuple[Dataset, Dataset, tuple[str, ...], str]:
-    """Train and validation sets, class names and a one-line description of the data.
+) -> tuple[Dataset, tuple[str, ...], str]:
+    """The training set, its class names and a one-line description of the data.
 
-    Synthetic validation items use ``seed + VALIDATION_SEED_OFFSET``; a data folder's are its
-    ``val/`` folder when it has ``train/`` and ``val/``, else ``config.val_fraction`` of it held
-    out with ``config.seed``. ``size_multiple`` is the model's size multiple; the synthetic and
-    segmentation datasets check that ``size`` is a multiple of it.
+    Synthetic items are rendered at ``size`` x ``size``; segmentation folders give random
+    ``size`` x ``size`` crops at their own scale; classification images are resized to ``size``.
+    A data folder's training items are its ``train/`` folder when it has ``train/`` and
+    ``val/``, else all but the :data:`~segdeploy.data.folders.DEFAULT_VAL_FRACTION` held out
+    with ``config.seed`` (the split :func:`~segdeploy.data.samples.labelled_images` finds
+    again). ``size_multiple`` is the model's size multiple, which ``size`` must respect.
     """
     hw = (size, size)
     if config.data == "synthetic":
         make = SyntheticRoadScenes if task == "segmentation" else SyntheticRoadCrops
         train_set = make(config.train_samples, hw, config.seed, size_multiple=size_multiple)
-        # A different seed gives scenes the model has never seen.
-        val_seed = config.seed + VALIDATION_SEED_OFFSET
-        val_set = make(config.val_samples, hw, val_seed, size_multiple=size_multiple)
-        return train_set, val_set, train_set.class_names, train_set.describe()
+        return train_set, train_set.class_names, train_set.describe()
 
     layout = folder_layout(config.data, task, config.classes)
     names = layout.class_names
     if names is None:
-        open_folder = functools.partial(ClassificationFolder, size=hw)
+        open_folder = functools.partial(ClassificationFolder, size=hw, augment=True)
     else:
         open_folder = functools.partial(
             SegmentationFolder,
             num_classes=len(names),
-            size=hw,
+            crop=hw,
             class_names=names,
             size_multiple=size_multiple,
+            augment=True,
         )
     if layout.has_split:
-        base = train_set = open_folder(layout.root / "train", augment=True)
-        val_set = open_folder(layout.root / "val", augment=False)
-    else:
-        base = open_folder(layout.root, augment=True)
-        # The validation subset must not be augmented: a copy that shares the validated files.
-        unaugmented = copy.copy(base)
-        unaugmented.augment = False
-        train_indices, val_indices = split_indices(len(base), config.val_fraction, config.seed)
-        train_set, val_set = Subset(base, train_indices), Subset(unaugmented, val_indices)
-    return train_set, val_set, base.class_names, f"{base.describe()} ({len(val_set)} held out)"
+        train_set = open_folder(layout.root / "train")
+        return train_set, train_set.class_names, train_set.describe()
+    base = open_folder(layout.root)
+    train_indices, val_indices = split_indices(len(base), DEFAULT_VAL_FRACTION, config.seed)
+    held_out = f"{base.describe()} ({len(val_indices)} held out)"
+    return Subset(base, train_indices), base.class_names, held_out

@@ -2,7 +2,14 @@
 
 :func:`train` is what ``segdeploy train`` calls. It validates on the whole validation set every
 epoch (one confusion matrix, not an average of per-batch scores) and keeps the best checkpoint by
-mIoU (segmentation) or accuracy (classification). Its sections are functions of their own:
+mIoU (segmentation) or accuracy (classification).
+
+Validation measures what ``predict`` will do: every validation image at its own size, through
+the input contract the card declares (:func:`~segdeploy.train.config.training_input_contract`),
+with :class:`~segdeploy.train.inference.TorchPredictor` and
+:func:`~segdeploy.core.metrics.score_predictions`, the implementation ``evaluate`` uses, on the
+items of :func:`~segdeploy.data.samples.labelled_images`. So the validation result in the card is
+what evaluating the checkpoint on the same split gives. Its sections are functions of their own:
 :func:`prepare_training` (checks, data, model, loss, loaders, optimiser), :func:`train_one_epoch`,
 :func:`validate` and :func:`training_record` (the card's record of the best epoch); progress is
 reported to a :class:`~segdeploy.train.progress.TrainProgress`.
@@ -24,11 +31,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
-from segdeploy.core.metrics import IGNORE_INDEX, ConfusionMatrix
+from segdeploy.core.metrics import IGNORE_INDEX, TaskScore, score_predictions
+from segdeploy.data.samples import LabelledImage, labelled_images
 from segdeploy.models import ArchSpec, create_model, get_spec
 from segdeploy.train.checkpoint import save_checkpoint
-from segdeploy.train.config import TrainConfig
+from segdeploy.train.config import TrainConfig, training_input_contract
 from segdeploy.train.datasets import build_datasets, compute_class_weights
+from segdeploy.train.inference import TorchPredictor
 from segdeploy.train.losses import build_loss
 from segdeploy.train.progress import TrainProgress
 
@@ -93,22 +102,22 @@ def _training_loss(model: nn.Module, images, targets, criterion) -> torch.Tensor
     return criterion(model(images), targets)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, task: str, num_classes: int, device: str):
-    """Metrics over the whole loader: a :class:`SegmentationMetrics` or an accuracy float."""
-    model.eval()
-    if task == "segmentation":
-        confusion = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
-        for images, masks in loader:
-            pred = model(images.to(device)).argmax(1).cpu().numpy()
-            confusion.update(pred, masks.numpy())
-        return confusion.compute()
-    correct = total = 0
-    for images, labels in loader:
-        pred = model(images.to(device)).argmax(1).cpu()
-        correct += int((pred == labels).sum())
-        total += labels.numel()
-    return correct / max(1, total)
+def predicted_label(predictor: TorchPredictor, image: np.ndarray) -> np.ndarray | int:
+    """``predict``'s answer as a label to score: the mask, or the predicted class index."""
+    prediction = predictor.predict(image)
+    if predictor.card.task == "classification":
+        return int(np.argmax(prediction[1]))
+    return prediction
+
+
+def score_items(predictor: TorchPredictor, items: list[LabelledImage]) -> TaskScore:
+    """The task metric of ``predictor`` over labelled images, each at its own size.
+
+    One confusion matrix over the whole set (:func:`~segdeploy.core.metrics.score_predictions`).
+    """
+    card = predictor.card
+    pairs = ((predicted_label(predictor, item.pixels), item.label) for item in items)
+    return score_predictions(pairs, card.task, card.num_classes)
 
 
 @dataclass
@@ -129,7 +138,7 @@ class TrainingSetup:
     criterion: nn.Module
     metric_name: str
     train_loader: DataLoader
-    val_loader: DataLoader
+    val_items: list[LabelledImage]
     trainable: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -187,6 +196,30 @@ def _build_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int
     return trainable, optimizer, scheduler
 
 
+def _validation_items(config: TrainConfig, card: ModelCard) -> list[LabelledImage]:
+    """The validation images at their own size: the items ``evaluate`` reads for this split.
+
+    Synthetic data: ``config.val_samples`` scenes rendered with ``seed + VALIDATION_SEED_OFFSET``;
+    a folder: its ``val/`` folder, or the share held out with ``config.seed``.
+    """
+    count = config.val_samples if config.data == "synthetic" else None
+    return labelled_images(card, config.data, "val", count, config.seed)
+
+
+def _untrained_card(spec: ArchSpec, class_names, model_kwargs, size: int) -> ModelCard:
+    """The card before any epoch: the training size is known, the rest comes per best epoch."""
+    return ModelCard(
+        arch=spec.name,
+        task=spec.task,
+        class_names=class_names,
+        model_kwargs=model_kwargs,
+        size_multiple=spec.size_multiple,
+        input=training_input_contract(spec.task, size),
+        # labelled_images renders synthetic validation scenes at the card's training size.
+        training={"img_size": size},
+    )
+
+
 def prepare_training(config: TrainConfig) -> TrainingSetup:
     """Check ``config``, seed, then build data, model, loss, loaders and optimiser.
 
@@ -196,14 +229,14 @@ def prepare_training(config: TrainConfig) -> TrainingSetup:
     """
     spec = get_spec(config.arch)
     size = check_config(config, spec)
-    out = Path(config.out or f"{config.arch}.pt")
     generator = seed_everything(config.seed)
-
-    train_set, val_set, class_names, data_description = build_datasets(
+    train_set, class_names, data_description = build_datasets(
         config, spec.task, size, size_multiple=spec.size_multiple
     )
     variant = spec.resolve_variant(config.variant)
     model_kwargs = spec.variant_kwargs(variant)
+    card = _untrained_card(spec, class_names, model_kwargs, size)
+    val_items = _validation_items(config, card)
     model = _build_model(config, spec, len(class_names), model_kwargs)
     criterion, metric_name = _build_criterion(config, spec.task, train_set, len(class_names))
     train_loader = DataLoader(
@@ -213,28 +246,21 @@ def prepare_training(config: TrainConfig) -> TrainingSetup:
         drop_last=len(train_set) > config.batch_size,
         generator=generator,
     )
-    val_loader = DataLoader(val_set, batch_size=config.batch_size)
     trainable, optimizer, scheduler = _build_optimizer(config, model, len(train_loader))
-    card = ModelCard(
-        arch=config.arch,
-        task=spec.task,
-        class_names=class_names,
-        model_kwargs=model_kwargs,
-        size_multiple=spec.size_multiple,
-    )
     return TrainingSetup(
         config=config,
         spec=spec,
         size=size,
         variant=variant,
-        out=out,
+        out=Path(config.out or f"{config.arch}.pt"),
         card=card,
-        data_description=data_description,
+        data_description=f"{data_description}; validated on {len(val_items)} images at their "
+        f"own size through the '{card.input.resize}' input contract",
         model=model,
         criterion=criterion,
         metric_name=metric_name,
         train_loader=train_loader,
-        val_loader=val_loader,
+        val_items=val_items,
         trainable=trainable,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -260,13 +286,28 @@ def train_one_epoch(setup: TrainingSetup, progress: TrainProgress) -> float:
     return running / len(setup.train_loader)
 
 
+def validation_details(score: TaskScore) -> dict[str, Any]:
+    """The card's ``training["validation"]`` entry of a score (``None`` where undefined).
+
+    Segmentation: ``miou``, ``per_class_iou``, ``pixel_accuracy``, ``fw_iou``; classification:
+    ``accuracy`` and ``per_class_recall``; both: ``images``, how many were scored.
+    """
+    data = score.to_dict()
+    if score.metric_name == "mIoU":
+        found = {"miou": data["metric"], "per_class_iou": data["per_class"], **data["details"]}
+    else:
+        found = {"accuracy": data["metric"], "per_class_recall": data["per_class"]}
+    return {**found, "images": score.images}
+
+
 def validate(setup: TrainingSetup) -> tuple[float, dict[str, Any]]:
-    """The validation metric (mIoU or accuracy) and its details, over the whole validation set."""
-    task, num_classes = setup.spec.task, len(setup.card.class_names)
-    result = evaluate(setup.model, setup.val_loader, task, num_classes, setup.config.device)
-    if task == "segmentation":
-        return result.miou, result.to_dict()
-    return float(result), {"accuracy": float(result)}
+    """The validation metric (mIoU or accuracy) and its details, over the whole validation set.
+
+    Each image goes through the card's input contract at its own size, as ``predict`` serves it.
+    """
+    predictor = TorchPredictor(setup.model, setup.card, setup.config.device)
+    score = score_items(predictor, setup.val_items)
+    return score.metric, validation_details(score)
 
 
 def training_record(setup: TrainingSetup, best: EpochRecord) -> dict[str, Any]:

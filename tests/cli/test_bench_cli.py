@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from typer.testing import CliRunner
 
 from segdeploy.cli import app
+from segdeploy.runtime.session import usable_providers
 
 runner = CliRunner()
 
@@ -25,6 +27,7 @@ def test_bench_writes_its_json_and_a_copy(unet_onnx, tmp_path):
     assert json.loads(copy.read_text()) == json.loads(json_path.read_text())
 
 
+@pytest.mark.skipif("cuda" in usable_providers(), reason="CUDA works here; this checks the refusal")
 def test_bench_on_cuda_without_a_gpu_exits_2(unet_onnx):
     result = runner.invoke(app, ["bench", str(unet_onnx), "--provider", "cuda"])
     assert result.exit_code == 2
@@ -38,6 +41,23 @@ def test_bench_refuses_a_missing_variant_before_timing_anything(unet_onnx, tmp_p
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert "no int8 variant" in result.output and "segdeploy quantize" in result.output
+    assert not results.exists()
+
+
+def test_bench_refuses_a_variant_that_is_not_its_parents(unet_onnx, resnet_onnx, tmp_path):
+    from segdeploy.core.artifacts import PARENT_SHA256_KEY, PRECISION_KEY
+
+    onnx = pytest.importorskip("onnx")
+    fp32 = shutil.copy(unet_onnx, tmp_path / "m.onnx")
+    variant = onnx.load(resnet_onnx)  # stands in for a variant made from another export
+    for key, value in ((PRECISION_KEY, "int8"), (PARENT_SHA256_KEY, "0" * 64)):
+        variant.metadata_props.add(key=key, value=value)
+    onnx.save(variant, tmp_path / "m.int8.onnx")
+    results = tmp_path / "results"
+    args = ["bench", str(fp32), "--precision", "int8", "--results", str(results)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "was made from another FP32 export" in result.output
     assert not results.exists()
 
 

@@ -9,10 +9,12 @@ import pytest
 from PIL import Image
 
 from segdeploy.core.errors import DataError, SegdeployError
+from segdeploy.core.metrics import IGNORE_INDEX
 from segdeploy.data.folders import (
     DEFAULT_VAL_FRACTION,
     ClassificationFiles,
     SegmentationFiles,
+    crop_pair,
     data_root,
     folder_class_names,
     has_train_val_split,
@@ -40,6 +42,21 @@ def test_load_rgb_converts_modes(tmp_path: Path) -> None:
         load_rgb(tmp_path / "broken.jpg")
     with pytest.raises(SegdeployError, match=r"absent\.png"):
         load_rgb(tmp_path / "absent.png")
+
+
+def test_crop_pair_cuts_a_window_and_pads_past_the_edge_with_ignore() -> None:
+    image = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    mask = (np.arange(5 * 7).reshape(5, 7) % 3).astype(np.uint8)
+    window, labels = crop_pair(image, mask, 1, 2, (3, 4))
+    np.testing.assert_array_equal(window, image[1:4, 2:6])  # pixels as they are, no resizing
+    np.testing.assert_array_equal(labels, mask[1:4, 2:6])
+    window, labels = crop_pair(image, mask, 2, 5, (4, 4))  # 1 row and 2 columns past the edge
+    assert window.shape == (4, 4, 3) and labels.shape == (4, 4)
+    np.testing.assert_array_equal(window[:3, :2], image[2:5, 5:7])
+    np.testing.assert_array_equal(window[3, :2], image[3, 5:7])  # reflected, not a black border
+    np.testing.assert_array_equal(window[:3, 2], image[2:5, 5])
+    assert (labels[3] == IGNORE_INDEX).all() and (labels[:, 2:] == IGNORE_INDEX).all()
+    np.testing.assert_array_equal(labels[:3, :2], mask[2:5, 5:7])
 
 
 # ---------------------------------------------------------------------------------------------

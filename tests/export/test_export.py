@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import threading
 
 import pytest
 
 onnx = pytest.importorskip("onnx")
 
+from segdeploy.core import artifacts  # noqa: E402
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard  # noqa: E402
 from segdeploy.core.errors import ParityError, SegdeployError  # noqa: E402
-from segdeploy.export import contract, export_checkpoint, verify_export  # noqa: E402
-from segdeploy.train.checkpoint import file_sha256  # noqa: E402
+from segdeploy.core.fileio import file_sha256  # noqa: E402
+from segdeploy.export import (  # noqa: E402
+    contract,
+    export_checkpoint,
+    exporter,
+    verify_export,
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,5 +125,138 @@ def test_failed_parity_leaves_no_onnx_file(tiny_checkpoints, tmp_path, impossibl
         export_checkpoint(tiny_checkpoints["unet"], out)
     assert not out.exists()
     assert failure.value.report.passed is False  # the caller gets the layered report
-    assert json.loads(out.with_name("unet.parity.json").read_text())["passed"] is False
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.parity.json"]
+    assert "unet.parity.rejected.json" in str(failure.value)
+    rejected = json.loads(out.with_name("unet.parity.rejected.json").read_text())
+    assert rejected["passed"] is False
+    # Nothing under the name that describes a published unet.onnx, and no lock left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.parity.rejected.json"]
+
+
+def _copy_pair(exported, folder):
+    """A private copy of the module's passing export and its report, to be overwritten."""
+    out = folder / "unet.onnx"
+    shutil.copy(exported.onnx_path, out)
+    shutil.copy(exported.report_path, folder / "unet.parity.json")
+    return out
+
+
+def test_a_failed_force_leaves_the_published_pair_as_it_was(
+    exported, tiny_checkpoints, tmp_path, impossible_tolerance
+):
+    out = _copy_pair(exported, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ParityError, match="the export already there is unchanged"):
+        export_checkpoint(tiny_checkpoints["unet"], out, force=True)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    rejected = after.pop("unet.parity.rejected.json")
+    assert after == before  # the old model and the report that describes it, untouched
+    assert json.loads(before["unet.parity.json"])["passed"] is True
+    assert json.loads(rejected)["passed"] is False
+
+
+def _pair_is_consistent(out):
+    """The report beside ``out`` was written by the export that wrote ``out``."""
+    report = json.loads(out.with_name("unet.parity.json").read_text())
+    props = {p.key: p.value for p in onnx.load(out).metadata_props}
+    return (
+        report["passed"] is True
+        and report["context"]["onnx"] == str(out)
+        and report["context"]["checkpoint_sha256"] == props["segdeploy.checkpoint_sha256"]
+    )
+
+
+def test_a_second_export_to_the_same_path_is_refused_while_one_runs(
+    tiny_checkpoints, tmp_path, monkeypatch
+):
+    out = tmp_path / "unet.onnx"
+    inside, release = threading.Event(), threading.Event()
+    real_check = exporter.check_parity
+
+    def slow_check(*args, **kwargs):  # the first export waits here, holding the lock
+        inside.set()
+        release.wait(timeout=60)
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(exporter, "check_parity", slow_check)
+    results: list[object] = []
+    first = threading.Thread(
+        target=lambda: results.append(export_checkpoint(tiny_checkpoints["unet"], out))
+    )
+    first.start()
+    try:
+        assert inside.wait(timeout=60)
+        with pytest.raises(SegdeployError, match=r"another export to .*unet\.onnx is in progress"):
+            export_checkpoint(tiny_checkpoints["unet"], out, force=True)
+    finally:
+        release.set()
+        first.join(timeout=120)
+    assert len(results) == 1 and _pair_is_consistent(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx", "unet.parity.json"]
+
+
+def test_concurrent_exports_end_in_one_pair_or_a_clean_error(tiny_checkpoints, tmp_path):
+    out = tmp_path / "unet.onnx"
+    outcomes: list[object] = []
+
+    def export() -> None:
+        try:
+            outcomes.append(export_checkpoint(tiny_checkpoints["unet"], out, force=True))
+        except SegdeployError as err:
+            outcomes.append(err)
+
+    threads = [threading.Thread(target=export) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    errors = [o for o in outcomes if isinstance(o, SegdeployError)]
+    assert len(outcomes) == 2 and len(errors) <= 1  # overlapping or one after the other
+    assert all("is in progress" in str(e) for e in errors)
+    assert _pair_is_consistent(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx", "unet.parity.json"]
+
+
+def test_a_stale_lock_is_taken_over_and_a_pass_clears_the_rejected_report(
+    tiny_checkpoints, tmp_path
+):
+    out = tmp_path / "unet.onnx"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = {"pid": int(gone.stdout), "host": exporter.socket.gethostname(), "started": 0}
+    artifacts.lock_path(out).write_text(json.dumps(dead))
+    artifacts.rejected_report_path(out).write_text('{"passed": false}')
+    result = export_checkpoint(tiny_checkpoints["unet"], out, shapes=[(1, 16, 16)])
+    assert result.report.passed and _pair_is_consistent(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx", "unet.parity.json"]
+
+
+def test_a_live_lock_is_respected(tiny_checkpoints, tmp_path):
+    out = tmp_path / "unet.onnx"
+    with exporter.export_lock(out) as lock:
+        assert lock.is_file()
+        with pytest.raises(SegdeployError, match=r"in progress \(process \d+ on .* holds"):
+            export_checkpoint(tiny_checkpoints["unet"], out)
+    assert not list(tmp_path.iterdir())
+
+
+def test_gate_sessions_compute_fp32_and_refuse_only_compute_on_the_cpu(monkeypatch):
+    from segdeploy.export import parity_gate
+    from segdeploy.runtime.session import session_plan
+
+    cuda = session_plan(parity_gate.gate_session_options("cuda"), "cuda")
+    assert cuda.providers[0] == (
+        "CUDAExecutionProvider",
+        {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"},
+    )  # no TF32: the gate verifies FP32
+    cpu = session_plan(parity_gate.gate_session_options("cpu"), "cpu")
+    assert cpu.providers == ["CPUExecutionProvider"]
+    # ORT's CUDA provider puts shape arithmetic on the CPU on purpose: allowed; a Conv is not.
+    placed = ["Shape", "Concat", "Gather"]
+    monkeypatch.setattr(parity_gate, "cpu_placed_nodes", lambda model, options: placed)
+    assert parity_gate.cuda_compute_on_cpu(b"") == []
+    placed = ["Shape", "Conv", "Conv"]
+    assert parity_gate.cuda_compute_on_cpu(b"") == ["Conv"]

@@ -15,6 +15,13 @@ from segdeploy.core.errors import DataError, ProviderUnavailableError, Segdeploy
 from segdeploy.runtime import ClassificationModel, SegmentationModel, load_image, open_model
 from segdeploy.runtime.postprocess import colorize, overlay, palette, softmax
 from segdeploy.runtime.preprocess import to_model_input
+from segdeploy.runtime.session import (
+    SessionOptions,
+    cpu_placed_nodes,
+    create_session,
+    session_plan,
+    usable_providers,
+)
 
 FORBIDDEN = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim")
 
@@ -254,14 +261,87 @@ def test_unreadable_onnx_files_are_refused(tmp_path):
 def test_providers_are_honest(unet_onnx):
     from segdeploy.runtime import usable_providers
 
-    if "cuda" in usable_providers():
-        pytest.skip("CUDA works here; this checks the refusal on machines without it")
-    with pytest.raises(ProviderUnavailableError, match="CPUExecutionProvider"):
-        open_model(unet_onnx, provider="cuda")
     model = open_model(unet_onnx, provider="auto")
-    assert model.provider == "cpu"
+    assert model.provider == usable_providers()[-1]  # CUDA where it works, else the CPU
     with pytest.raises(SegdeployError, match="unknown provider"):
         open_model(unet_onnx, provider="tpu")
+    if "cuda" in usable_providers():
+        pytest.skip("CUDA works here; the rest checks the refusal on machines without it")
+    with pytest.raises(ProviderUnavailableError, match="CPUExecutionProvider"):
+        open_model(unet_onnx, provider="cuda")
+    strict = SessionOptions(provider="cuda", disable_cpu_fallback=True)
+    with pytest.raises(ProviderUnavailableError, match="cannot run on it here"):
+        create_session(unet_onnx, strict)  # no GPU is not reported as "nodes on the CPU"
+
+
+def test_cpu_sessions_are_what_they_were():
+    plan = session_plan(SessionOptions(), "cpu")
+    assert plan.providers == ["CPUExecutionProvider"]
+    assert plan.config_entries == {"session.intra_op.allow_spinning": "1"}
+    # Both CUDA-only switches leave a CPU session alone (ORT would reject the fallback key there).
+    cuda_only = SessionOptions(use_tf32=True, disable_cpu_fallback=True, allow_spinning=False)
+    assert session_plan(cuda_only, "cpu").providers == ["CPUExecutionProvider"]
+    assert session_plan(cuda_only, "cpu").config_entries == {"session.intra_op.allow_spinning": "0"}
+
+
+def test_cpu_session_opens_and_runs_with_the_cuda_only_switches(unet_onnx):
+    session = create_session(unet_onnx, SessionOptions(use_tf32=True, disable_cpu_fallback=True))
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        session.get_session_options().get_session_config_entry("session.disable_cpu_ep_fallback")
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    assert session.run(None, {session.get_inputs()[0].name: x})[0].shape == (1, 4, 32, 32)
+
+
+def test_cuda_sessions_compute_fp32_unless_asked():
+    name, provider_options = session_plan(SessionOptions(device_id=1), "cuda").providers[0]
+    assert name == "CUDAExecutionProvider"
+    assert provider_options == {
+        "device_id": "1",
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "use_tf32": "0",
+    }
+    _, opted_in = session_plan(SessionOptions(use_tf32=True), "cuda").providers[0]
+    assert opted_in["use_tf32"] == "1"
+
+
+def test_cuda_sessions_refuse_cpu_fallback_only_when_asked():
+    lenient = session_plan(SessionOptions(), "cuda")
+    assert lenient.providers[1] == "CPUExecutionProvider"
+    assert "session.disable_cpu_ep_fallback" not in lenient.config_entries
+    strict = session_plan(SessionOptions(disable_cpu_fallback=True), "cuda")
+    # ORT refuses the key when the CPU provider is listed too, so CUDA must stand alone.
+    assert [p[0] for p in strict.providers] == ["CUDAExecutionProvider"]
+    assert strict.config_entries["session.disable_cpu_ep_fallback"] == "1"
+
+
+def test_cpu_placed_nodes_lists_what_the_cpu_runs(unet_onnx):
+    import onnxruntime as ort
+
+    if not hasattr(ort.InferenceSession, "get_provider_graph_assignment_info"):
+        pytest.skip("this onnxruntime cannot report node placement (needs 1.23+)")
+    nodes = cpu_placed_nodes(unet_onnx, SessionOptions(provider="cpu"))
+    assert "Conv" in nodes and len(nodes) > 10
+
+
+def test_a_refused_cuda_fallback_names_the_nodes(unet_onnx, monkeypatch):
+    """Where CUDA is in the build but cannot load, pretend it works: ORT then places every node
+    on the CPU, which is exactly what a strict CUDA session must refuse and list."""
+    import onnxruntime as ort
+
+    from segdeploy.runtime import session as session_module
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no CUDA provider to refuse")
+    if "cuda" in usable_providers():
+        pytest.skip("CUDA works here, so ORT would not place these nodes on the CPU")
+    if not hasattr(ort.InferenceSession, "get_provider_graph_assignment_info"):
+        pytest.skip("this onnxruntime cannot report node placement (needs 1.23+)")
+    monkeypatch.setattr(session_module, "usable_providers", lambda: ["cpu", "cuda"])
+    strict = SessionOptions(provider="cuda", disable_cpu_fallback=True)
+    listing = r"node\(s\) of this model on the CPU inside the CUDA session \(Conv x\d+"
+    with pytest.raises(ProviderUnavailableError, match=listing):
+        create_session(unet_onnx, strict)
 
 
 @pytest.mark.parametrize("allow_spinning", [True, False])

@@ -19,7 +19,13 @@ from PIL import Image
 
 from segdeploy.core.errors import ProviderUnavailableError, SegdeployError
 from segdeploy.runtime.session import usable_providers
-from segdeploy.tools.bench import count_gflops, plan_cases, run_bench, write_results
+from segdeploy.tools.bench import (
+    count_gflops,
+    eager_call,
+    plan_cases,
+    run_bench,
+    write_results,
+)
 from segdeploy.tools.bench_chart import draw_chart
 from segdeploy.tools.bench_config import RESULTS_FOLDER, BenchConfig, config_from_options
 
@@ -32,7 +38,7 @@ def int8_variant(unet_onnx, tmp_path_factory):
     folder = tmp_path_factory.mktemp("int8")
     fp32 = Path(shutil.copy(unet_onnx, folder / "unet.onnx"))
     # Untrained weights: the gate is not what these tests are about, so any drop is allowed.
-    result = quantize_int8(fp32, samples=16, eval_samples=16, size=64, max_drop=1.0)
+    result = quantize_int8(fp32, samples=16, eval_samples=16, max_drop=1.0, min_agreement=0.0)
     return fp32, result.path
 
 
@@ -180,9 +186,50 @@ def test_options_are_checked_before_any_timing(unet_onnx, tmp_path):
         config_from_options([unet_onnx], **{**options, "batch": "0"}, io_binding=False)
     with pytest.raises(SegdeployError, match="does not exist"):
         config_from_options([tmp_path / "none.onnx"], **options, io_binding=False)
-    if "cuda" not in usable_providers():
-        with pytest.raises(ProviderUnavailableError, match="cannot use it on this machine"):
-            config_from_options([unet_onnx], **{**options, "provider": "cuda"}, io_binding=False)
+
+
+@pytest.mark.skipif("cuda" in usable_providers(), reason="CUDA works here; this checks the refusal")
+def test_cuda_is_refused_before_any_timing_where_it_cannot_run(unet_onnx):
+    options = {"provider": "cuda", "batch": "1", "size": None, "precision": "fp32"}
+    with pytest.raises(ProviderUnavailableError, match="cannot use it on this machine"):
+        config_from_options([unet_onnx], **options, io_binding=False)
+
+
+def test_eager_call_crosses_the_bus_exactly_when_ort_does(tiny_checkpoints):
+    torch = pytest.importorskip("torch")
+    from segdeploy.train.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(tiny_checkpoints["unet"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    # Without io-binding ORT takes and returns host arrays: so does the eager call.
+    host = eager_call(model, x, "cpu", half=False, host_io=True)()
+    assert isinstance(host, np.ndarray) and host.shape == (1, 4, 32, 32)
+    # With io-binding both keep the output on the device: a tensor, not a host array.
+    bound = eager_call(model, x, "cpu", half=False, host_io=False)()
+    assert isinstance(bound, torch.Tensor) and bound.device.type == "cpu"
+    np.testing.assert_allclose(bound.numpy(), host, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(host, model(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_each_row_picks_its_eager_call_by_binding(unet_onnx, monkeypatch):
+    from segdeploy.tools import bench
+
+    seen = []
+    real = bench.eager_call
+    monkeypatch.setattr(bench, "eager_call", lambda *a, **k: seen.append(a[-1]) or real(*a, **k))
+    config = BenchConfig(models=[unet_onnx], sizes=((32, 32),), iters=2, warmup=1)
+    config.io_binding = (False, True)
+    run_bench(config)
+    assert seen == [True, False]  # host copies without io-binding, none with it
+
+
+def test_a_variant_of_another_fp32_export_is_refused(int8_variant, resnet_onnx, tmp_path):
+    _, int8 = int8_variant
+    shutil.copy(resnet_onnx, tmp_path / "unet.onnx")  # same name, another model
+    shutil.copy(int8, tmp_path / "unet.int8.onnx")
+    with pytest.raises(SegdeployError, match="was made from another FP32 export"):
+        plan_cases(BenchConfig(models=[tmp_path / "unet.onnx"], precisions=("fp32", "int8")))
 
 
 def test_bench_without_models_takes_every_export_but_not_variants(
