@@ -9,6 +9,7 @@ import typer
 
 from segdeploy.cli.console import console
 from segdeploy.cli.tables import print_training_summary
+from segdeploy.core.errors import SegdeployError
 from segdeploy.train.config import TrainConfig
 
 # The option defaults are TrainConfig's: a dataclass keeps each field's default as a class
@@ -46,7 +47,11 @@ def train(
         Path | None, typer.Option(help="Local torchvision-format ImageNet state dict (resnet18).")
     ] = TrainConfig.pretrained,
     finetune: Annotated[
-        str, typer.Option(help="Trainable part: fc, layer4 or all.")
+        str | None,
+        typer.Option(
+            help="Trainable part: fc, layer4 or all \\[default: fc with --pretrained, else all].",
+            show_default=False,
+        ),
     ] = TrainConfig.finetune,
     classes: Annotated[
         str | None, typer.Option(help="Comma-separated class names for a mask folder.")
@@ -57,10 +62,20 @@ def train(
     val_samples: Annotated[
         int, typer.Option(help="Synthetic validation images.")
     ] = TrainConfig.val_samples,
+    mask_values: Annotated[
+        str | None,
+        typer.Option(help="Mask values in class order, e.g. 0,255 for binary 0/255 masks."),
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run saved in this checkpoint.")
+    ] = TrainConfig.resume,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing checkpoint.")
+    ] = TrainConfig.force,
 ) -> None:
     """Train ARCH and write a self-describing checkpoint (weights + model card).\f
 
-    Longer than 60 lines because its signature declares the command's seventeen parameters;
+    Longer than 60 lines because its signature declares the command's twenty parameters;
     the body only builds a TrainConfig from them. (Click shows no help text after the form feed.)
     """
     from segdeploy.train import RichTrainProgress
@@ -84,5 +99,16 @@ def train(
         classes=tuple(c.strip() for c in classes.split(",")) if classes else TrainConfig.classes,
         train_samples=train_samples,
         val_samples=val_samples,
+        mask_values=_int_tuple(mask_values) if mask_values else TrainConfig.mask_values,
+        resume=resume,
+        force=force,
     )
     print_training_summary(run_training(config, progress=RichTrainProgress(console)))
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    """``"0,255"`` -> ``(0, 255)``, or one sentence when it is not a list of integers."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SegdeployError(f"--mask-values expects integers like 0,255; found '{text}'") from None

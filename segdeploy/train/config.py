@@ -66,9 +66,25 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     pretrained: Path | None = None
-    finetune: str = "fc"
+    # Trainable part; None: "fc" (the head) with --pretrained, "all" without (a frozen random
+    # backbone would only train a linear probe on random features).
+    finetune: str | None = None
     classes: tuple[str, ...] | None = None
+    # Mask file values in class order, e.g. (0, 255) for binary masks saved as 0/255.
+    mask_values: tuple[int, ...] | None = None
+    # Continue the run saved in this checkpoint (weights and trainer state).
+    resume: Path | None = None
+    # Replace an existing output checkpoint.
+    force: bool = False
     train_samples: int = DEFAULT_TRAIN_SAMPLES
     val_samples: int = DEFAULT_VAL_SAMPLES
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05
+
+
+def finetune_policy(config: TrainConfig) -> str:
+    """The trainable part: the configured policy, else the head with pretrained weights and
+    everything without (freezing a random backbone would train a probe on random features)."""
+    if config.finetune is not None:
+        return config.finetune
+    return "fc" if config.pretrained is not None else "all"

@@ -35,7 +35,7 @@ from segdeploy.core.metrics import IGNORE_INDEX, TaskScore, score_predictions
 from segdeploy.data.samples import LabelledImage, labelled_images
 from segdeploy.models import ArchSpec, create_model, get_spec
 from segdeploy.train.checkpoint import save_checkpoint
-from segdeploy.train.config import TrainConfig, training_input_contract
+from segdeploy.train.config import TrainConfig, finetune_policy, training_input_contract
 from segdeploy.train.datasets import build_datasets, compute_class_weights
 from segdeploy.train.inference import TorchPredictor
 from segdeploy.train.losses import build_loss
@@ -165,7 +165,7 @@ def _build_model(
             raise SegdeployError(f"'{config.arch}' does not take --pretrained weights")
         spec.load_pretrained(model, config.pretrained)
     if spec.finetune is not None:
-        spec.finetune(model, config.finetune)
+        spec.finetune(model, finetune_policy(config))
     return model.to(config.device)
 
 
@@ -324,7 +324,7 @@ def training_record(setup: TrainingSetup, best: EpochRecord) -> dict[str, Any]:
         "loss": config.loss if setup.spec.task == "segmentation" else "ce",
         "seed": config.seed,
         "variant": setup.variant,
-        **({"finetune": config.finetune} if setup.spec.finetune else {}),
+        **({"finetune": finetune_policy(config)} if setup.spec.finetune else {}),
         **({"pretrained": Path(config.pretrained).name} if config.pretrained else {}),
     }
 
