@@ -49,7 +49,8 @@ def train(
     finetune: Annotated[
         str | None,
         typer.Option(
-            help="Trainable part: fc, layer4 or all \\[default: fc with --pretrained, else all].",
+            help="Trainable part: fc, layer4 or all (resnet18); head, head+last or all "
+            "(DeepLabV3) \\[default: the head with --pretrained, else all].",
             show_default=False,
         ),
     ] = TrainConfig.finetune,

@@ -1,10 +1,12 @@
-"""Argument checks every dataset shares: the item size and the normalisation statistics."""
+"""Checks every dataset shares: the item size, the normalisation statistics, and that every
+declared class occurs in a split."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import DataError, SegdeployError
+from segdeploy.data.summary import SplitSummary
 
 
 def check_size(size: Sequence[int], what: str, multiple: int | None) -> tuple[int, int]:
@@ -37,3 +39,31 @@ def check_normalisation(
             f"std={std}."
         )
     return tuple(mean), tuple(std)
+
+
+def check_every_class(summary: SplitSummary, split: str, where: str) -> None:
+    """Refuse a split in which a declared class has no labelled pixel (or no image).
+
+    Args:
+        summary: the split's summary (``per_class`` counted).
+        split: ``"train"`` or ``"val"``.
+        where: the split's items in words, e.g. the folder, for the message.
+
+    Raises:
+        DataError: one sentence naming the split, the class(es) and the fix.
+    """
+    missing = summary.missing_classes()
+    if not missing:
+        return
+    names = ", ".join(repr(name) for name in missing)
+    pixels = summary.unit == "pixels"
+    what = "labelled pixel" if pixels else "image"
+    masks = "fix their masks (or pass --mask-values), " if pixels else ""
+    if split == "train":
+        head, why = "Training", "so the model could never learn it"
+        fix = f"add images that show it, {masks}or leave it out of the classes"
+    else:
+        head, why = "Validation", "so it could never be scored"
+        fix = "add validation images that show it"
+        fix += " or fix their masks (or pass --mask-values)" if pixels else ""
+    raise DataError(f"{head} data {where} has no {what} of class {names}, {why}: {fix}.")

@@ -28,6 +28,7 @@ from segdeploy.core.images import load_image
 from segdeploy.core.metrics import IGNORE_INDEX
 from segdeploy.core.preprocess import SIZE_MULTIPLE
 from segdeploy.data.checks import check_size
+from segdeploy.data.summary import SplitSummary, classification_split, segmentation_split
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS = (".png",)
@@ -186,9 +187,72 @@ def pair_segmentation_files(root: Path) -> list[tuple[Path, Path]]:
     return [(images[s], masks[s]) for s in sorted(images)]
 
 
-def check_mask_pair(image_path: Path, mask_path: Path, num_classes: int) -> None:
-    """Raise :class:`DataError` unless the mask is readable, has the image's size and holds
-    only labels ``< num_classes`` or :data:`~segdeploy.core.metrics.IGNORE_INDEX`."""
+def mask_value_table(
+    mask_values: Sequence[int] | None, class_names: Sequence[str], where: str
+) -> np.ndarray | None:
+    """The 256-entry lookup from mask file values to class indices (``None``: values are indices).
+
+    ``mask_values[i]`` maps to class ``i``; 255, when not listed, stays the ignore label.
+
+    Raises:
+        DataError: unless there is one distinct value in 0..255 per class.
+    """
+    if mask_values is None:
+        return None
+    values = [int(v) for v in mask_values]
+    if len(values) != len(class_names) or len(set(values)) != len(values):
+        raise DataError(
+            f"{where}: --mask-values {','.join(map(str, values))} must give one distinct mask "
+            f"value per class, in class order ({', '.join(class_names)})."
+        )
+    if any(not 0 <= v <= 255 for v in values):
+        raise DataError(
+            f"{where}: --mask-values {','.join(map(str, values))} must lie in 0..255, the "
+            "values a mask PNG can hold."
+        )
+    return _value_lookup(values)
+
+
+def _value_lookup(values: Sequence[int]) -> np.ndarray:
+    """(256,) uint8: ``values[i]`` -> ``i``, everything else -> 255 (ignore)."""
+    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    table[list(values)] = np.arange(len(values), dtype=np.uint8)
+    return table
+
+
+def _check_mask_values(mask_path: Path, raw: np.ndarray, mask_values: Sequence[int]) -> None:
+    """Raise :class:`DataError` naming the file if it holds a value ``mask_values`` lacks."""
+    allowed = set(int(v) for v in mask_values) | {IGNORE_INDEX}
+    labels = np.unique(raw)
+    bad = [int(v) for v in labels if int(v) not in allowed]
+    if bad:
+        listed = ", ".join(map(str, mask_values))
+        ignore = "" if IGNORE_INDEX in mask_values else f" or {IGNORE_INDEX} (ignore)"
+        raise DataError(
+            f"Mask {mask_path}: expected the values {listed} given by --mask-values{ignore}, "
+            f"found {', '.join(map(str, bad[:10]))}."
+        )
+
+
+def check_mask_pair(
+    image_path: Path,
+    mask_path: Path,
+    num_classes: int,
+    mask_values: Sequence[int] | None = None,
+) -> tuple[tuple[int, int], np.ndarray]:
+    """Check a mask against its image and count its labels.
+
+    The mask must be readable, have the image's size and hold only labels ``< num_classes`` or
+    :data:`~segdeploy.core.metrics.IGNORE_INDEX` (or, with ``mask_values``, only those values
+    or 255).
+
+    Returns:
+        the image's (height, width) and the mask's (num_classes + 1,) pixel counts per class,
+        the last entry the ignored pixels.
+
+    Raises:
+        DataError: naming the file that breaks a rule.
+    """
     width, height = image_size(image_path)
     mask = read_mask(mask_path)
     if mask.shape != (height, width):
@@ -196,23 +260,60 @@ def check_mask_pair(image_path: Path, mask_path: Path, num_classes: int) -> None
             f"Mask {mask_path}: expected the size of {image_path.name} "
             f"({width}x{height} WxH), found {mask.shape[1]}x{mask.shape[0]}."
         )
+    if mask_values is not None:
+        _check_mask_values(mask_path, mask, mask_values)
+        mask = _value_lookup(mask_values)[mask]
     labels = np.unique(mask)
     bad = labels[(labels >= num_classes) & (labels != IGNORE_INDEX)]
     if bad.size or (labels < 0).any():
         found = ", ".join(str(v) for v in labels[(labels < 0) | np.isin(labels, bad)][:10])
         raise DataError(
             f"Mask {mask_path}: expected labels in 0..{num_classes - 1} or "
-            f"{IGNORE_INDEX} (ignore), found {found}."
+            f"{IGNORE_INDEX} (ignore), found {found}; if the mask values are not the class "
+            "indices, pass --mask-values (one value per class, in class order)."
         )
+    counts = np.bincount(mask.reshape(-1).astype(np.int64), minlength=256)
+    return (height, width), np.append(counts[:num_classes], counts[IGNORE_INDEX])
+
+
+def check_not_ignore_only(mask_dir: Path, counts: np.ndarray, class_names: Sequence[str]) -> None:
+    """Refuse masks whose only non-zero value is 255 while fewer than 2 classes are labelled.
+
+    255 is the ignore label, so a binary mask saved as 0/255 would silently drop every object
+    pixel and train a model that never predicts the object (to a perfect-looking mIoU).
+
+    Args:
+        mask_dir: the folder of the masks, for the message.
+        counts: (C + 1,) pixels per class over the folder, the last entry the ignored pixels.
+        class_names: the C class names.
+    """
+    labelled = np.flatnonzero(counts[:-1])
+    if len(class_names) < 2 or counts[-1] == 0 or labelled.size >= 2 or counts[1:-1].any():
+        return
+    unseen = [name for i, name in enumerate(class_names) if i not in labelled]
+    values = "0 and 255" if counts[0] else "255"
+    hint = "pass --mask-values with one mask value per class, in class order"
+    if len(class_names) == 2:
+        hint = f"if 255 marks '{class_names[1]}', pass --mask-values 0,255"
+    raise DataError(
+        f"Masks in {mask_dir} hold only the values {values}, and 255 is the ignore label, so "
+        f"class {', '.join(repr(n) for n in unseen)} would never be learned: {hint}."
+    )
 
 
 class SegmentationFiles:
     """Validated image/mask pairs from ``root/images/*`` and ``root/masks/*.png``.
 
     Masks are single-channel PNGs (mode ``L`` or palette ``P``) whose raw values are class
-    indices; 255 marks pixels to ignore. Everything is validated in ``__init__``: folder layout,
-    pairing, that each image header is readable, each mask's size matches its image and its
-    labels are ``< num_classes`` or 255. Image pixel data is decoded lazily in :meth:`read`.
+    indices, or with ``mask_values`` the values ``mask_values[i]`` of class ``i``; 255 (when not
+    a class's value) marks pixels to ignore. Everything is validated in ``__init__``: folder
+    layout, pairing, that each image header is readable, each mask's size matches its image and
+    its values are known, and that the masks are not 0/255 masks whose object would be ignored
+    (:func:`check_not_ignore_only`). Image pixel data is decoded lazily in :meth:`read`.
+
+    What the checks read is kept: ``image_sizes`` ((height, width) of each image) and
+    ``label_counts`` ((N, num_classes + 1) pixels per class of each mask, the last column the
+    ignored pixels), from which :meth:`summary` describes any subset of the items.
 
     Args:
         root: dataset folder containing ``images/`` and ``masks/``.
@@ -221,6 +322,8 @@ class SegmentationFiles:
             bilinearly and masks with nearest neighbour. Without it items keep their native size.
         class_names: optional names; defaults to ``class_0``, ``class_1``, ...
         size_multiple: the model's size multiple, which ``size`` must respect.
+        mask_values: optional mask file values in class order, e.g. ``(0, 255)`` for binary
+            masks saved as 0/255 (``--mask-values``).
     """
 
     def __init__(
@@ -230,6 +333,7 @@ class SegmentationFiles:
         size: tuple[int, int] | None = None,
         class_names: Sequence[str] | None = None,
         size_multiple: int = SIZE_MULTIPLE,
+        mask_values: Sequence[int] | None = None,
     ) -> None:
         self.root = Path(root)
         if num_classes < 1 or num_classes > IGNORE_INDEX:
@@ -247,9 +351,17 @@ class SegmentationFiles:
                 f"{len(class_names)} ({', '.join(class_names)})."
             )
         self.class_names = tuple(class_names)
+        self.value_table = mask_value_table(mask_values, self.class_names, f"Dataset {self.root}")
+        self.mask_values = None if mask_values is None else tuple(int(v) for v in mask_values)
         self.samples = pair_segmentation_files(self.root)
-        for image_path, mask_path in self.samples:
-            check_mask_pair(image_path, mask_path, self.num_classes)
+        checked = [
+            check_mask_pair(image, mask, self.num_classes, self.mask_values)
+            for image, mask in self.samples
+        ]
+        self.image_sizes = [hw for hw, _ in checked]
+        self.label_counts = np.stack([counts for _, counts in checked])  # (N, C + 1)
+        if self.mask_values is None:
+            check_not_ignore_only(self.root / "masks", self.label_counts.sum(0), self.class_names)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -257,9 +369,19 @@ class SegmentationFiles:
     def load_mask(self, index: int) -> np.ndarray:
         """The (H, W) uint8 mask of item ``index``, resized to ``size`` if one was given."""
         mask = read_mask(self.samples[index][1])
+        if self.value_table is not None:
+            mask = self.value_table[mask]
         if self.size is not None:
             return resize_mask(mask, self.size)
         return mask.astype(np.uint8, copy=False)
+
+    def summary(self, indices: Sequence[int] | None = None) -> SplitSummary:
+        """Images, sizes and labelled pixels per class of the items ``indices`` (default: all),
+        at their own size, from what ``__init__`` read (nothing is decoded again)."""
+        chosen = list(range(len(self))) if indices is None else list(indices)
+        counts = self.label_counts[chosen] if chosen else np.zeros((0, self.num_classes + 1))
+        sizes = [self.image_sizes[i] for i in chosen]
+        return segmentation_split(counts, sizes, self.class_names)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ``index`` as ``(image (H, W, 3) uint8, mask (H, W) uint8)``, resized."""
@@ -310,6 +432,32 @@ def list_class_folders(root: Path) -> list[tuple[Path, list[Path]]]:
     return listing
 
 
+def check_split_class_folders(root: Path) -> None:
+    """Refuse classification ``train/`` and ``val/`` folders whose class sub-folders differ.
+
+    Each split numbers its classes by its sorted sub-folder names, so a class missing from one
+    split would shift every later label there.
+
+    Raises:
+        DataError: naming the folders missing from (or extra in) ``val/``.
+    """
+    train, val = (
+        {p.name for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith(".")}
+        for split in ("train", "val")
+    )
+    if train == val:
+        return
+    found = []
+    if train - val:
+        found.append(f"lacks {', '.join(sorted(train - val))}")
+    if val - train:
+        found.append(f"has {', '.join(sorted(val - train))} that train/ lacks")
+    raise DataError(
+        f"Dataset {root}: train/ and val/ must hold the same class folders (their sorted names "
+        f"are the class indices), but val/ {' and '.join(found)}: add or remove those folders."
+    )
+
+
 class ClassificationFiles:
     """Images in ``root/<class_name>/*``, one sub-folder per class (sorted names = classes).
 
@@ -328,10 +476,19 @@ class ClassificationFiles:
         self.class_names = tuple(folder.name for folder, _ in listing)
         self.num_classes = len(self.class_names)
         self.samples: list[tuple[Path, int]] = []
+        self.image_sizes: list[tuple[int, int]] = []  # (height, width) at their own size
         for label, (_, files) in enumerate(listing):
             for p in files:
-                image_size(p)
+                width, height = image_size(p)
+                self.image_sizes.append((height, width))
                 self.samples.append((p, label))
+
+    def summary(self, indices: Sequence[int] | None = None) -> SplitSummary:
+        """Images, sizes and images per class of the items ``indices`` (default: all)."""
+        chosen = list(range(len(self))) if indices is None else list(indices)
+        labels = [self.samples[i][1] for i in chosen]
+        sizes = [self.image_sizes[i] for i in chosen]
+        return classification_split(labels, sizes, self.class_names)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -430,6 +587,9 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
     """
     n_val = max(1, round(count * val_fraction))
     if count - n_val < 1:
-        raise DataError(f"need at least 2 samples to split train/val, found {count}")
+        raise DataError(
+            f"need at least 2 samples to split train/val (1 held out for validation), found "
+            f"{count}: add images, or give train/ and val/ folders."
+        )
     order = np.random.default_rng(seed).permutation(count).tolist()
     return order[n_val:], order[:n_val]

@@ -26,6 +26,10 @@ from segdeploy.data.folders import (
     split_indices,
 )
 
+#: The ``card.training`` key of the mask file values in class order (``--mask-values``), a list
+#: of ints; absent when the masks hold class indices.
+MASK_VALUES_KEY = "mask_values"
+
 #: One item: ``(image (H, W, 3) uint8, mask (H, W) or class label)``.
 Item = tuple[np.ndarray, np.ndarray | int]
 
@@ -81,7 +85,8 @@ def _folder_items(
     if names is None:
         files = ClassificationFiles(root, hw)
     else:
-        files = SegmentationFiles(root, len(names), hw, names, card.size_multiple)
+        mask_values = card_mask_values(card)
+        files = SegmentationFiles(root, len(names), hw, names, card.size_multiple, mask_values)
     if layout.has_split:
         indices = list(range(len(files)))
     else:
@@ -98,15 +103,30 @@ class LabelledImage:
     label: np.ndarray | int  # (H, W) uint8 mask (255 = ignore) or a class index
 
 
+def card_mask_values(card: ModelCard) -> tuple[int, ...] | None:
+    """The mask file values in class order the model trained with (``card.training`` key
+    :data:`MASK_VALUES_KEY`), or ``None`` when its masks held class indices."""
+    found = card.training.get(MASK_VALUES_KEY)
+    return None if found is None else tuple(int(v) for v in found)
+
+
 def labelled_images(
-    card: ModelCard, source: str, split: str, count: int | None = None, seed: int = 0
+    card: ModelCard,
+    source: str,
+    split: str,
+    count: int | None = None,
+    seed: int = 0,
+    *,
+    mask_values: Sequence[int] | None = None,
 ) -> list[LabelledImage]:
     """The ``split`` (``"train"`` or ``"val"``) items of ``source`` at their own size.
 
     The same split training uses for the same data argument and seed: a folder's ``train/`` and
     ``val/``, or its hold-out share (``DEFAULT_VAL_FRACTION``); the synthetic training or
     validation scenes at the card's training size. Names identify the items (file paths, or
-    ``synthetic:<seed>:<index>``), so two uses can be proven disjoint.
+    ``synthetic:<seed>:<index>``), so two uses can be proven disjoint. Segmentation masks are
+    read with ``mask_values`` (mask file values in class order), by default the card's
+    (:func:`card_mask_values`), so evaluation reads the masks as training did.
 
     Raises:
         DataError: unusable data, or classes that differ from the card's.
@@ -123,7 +143,9 @@ def labelled_images(
         paths = [path for path, _ in files.samples]
     else:
         names = layout.class_names
-        files = SegmentationFiles(root, len(names), None, names, card.size_multiple)
+        if mask_values is None:
+            mask_values = card_mask_values(card)
+        files = SegmentationFiles(root, len(names), None, names, card.size_multiple, mask_values)
         read, paths = files.read, [image for image, _ in files.samples]
     if tuple(files.class_names) != card.class_names:
         raise DataError(

@@ -41,6 +41,9 @@ class ArchSpec:
         description: one line for ``segdeploy models``.
         load_pretrained: ``(model, path) -> None`` loads local pretrained weights, if supported.
         finetune: ``(model, policy) -> None`` freezes parameters by policy, if supported.
+        finetune_policies: the policies ``finetune`` takes, each with what it leaves trainable
+            (for help texts and errors); the first is the default with pretrained weights, and
+            every one but ``"all"`` freezes part of the network.
         default_variant: what training builds when no variant is named; when left out, the
             last (largest) declared variant.
         size_multiple: input height and width must be multiples of this; it goes into the model
@@ -55,6 +58,7 @@ class ArchSpec:
     description: str = ""
     load_pretrained: Callable[[nn.Module, Any], None] | None = None
     finetune: Callable[[nn.Module, str], None] | None = None
+    finetune_policies: dict[str, str] = field(default_factory=dict)
     default_variant: str | None = None
     size_multiple: int = SIZE_MULTIPLE
 
@@ -65,6 +69,8 @@ class ArchSpec:
             raise ValueError(
                 f"'{self.name}': default variant '{self.default_variant}' is not declared"
             )
+        if (self.finetune is None) != (not self.finetune_policies):
+            raise ValueError(f"'{self.name}': a finetune hook and its policies come together")
 
     @property
     def smallest_variant(self) -> str:
@@ -150,3 +156,35 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         return spec.builder(num_classes=num_classes, **kwargs)
     except TypeError as err:
         raise SegdeployError(f"cannot build '{name}' with arguments {kwargs}: {err}") from None
+
+
+#: The policy that trains every parameter; the only one that makes sense without pretrained weights.
+TRAIN_ALL = "all"
+
+
+def resolve_finetune(spec: ArchSpec, policy: str | None, pretrained: bool) -> str:
+    """The fine-tuning policy to apply: ``policy``, or the default when it is ``None``.
+
+    The default is the spec's first policy (head only) with pretrained weights and ``"all"``
+    without. A policy that freezes anything is refused without pretrained weights: it would train
+    a head on the random features of a frozen, randomly initialised backbone.
+
+    Raises:
+        SegdeployError: the policy is unknown for ``spec``, or freezes a random backbone.
+    """
+    if policy is None:
+        if pretrained and spec.finetune_policies:
+            return next(iter(spec.finetune_policies))
+        return TRAIN_ALL
+    if policy != TRAIN_ALL and policy not in spec.finetune_policies:
+        known = ", ".join(spec.finetune_policies) or TRAIN_ALL
+        raise SegdeployError(
+            f"'{spec.name}' has no fine-tuning policy '{policy}'; choose one of {known}"
+        )
+    if policy != TRAIN_ALL and not pretrained:
+        raise SegdeployError(
+            f"freezing a randomly initialised backbone trains only "
+            f"{spec.finetune_policies[policy]} on random features (--finetune {policy}); "
+            f"pass --pretrained PATH or --finetune all"
+        )
+    return policy

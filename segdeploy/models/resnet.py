@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from segdeploy.core.errors import SegdeployError
+from segdeploy.models.pretrained import check_state_keys, freeze_by_prefix, read_state_dict
 from segdeploy.models.registry import register_model
 
 #: Which parameters stay trainable under each fine-tuning policy (name prefixes).
@@ -26,49 +25,16 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path) -> None:
     The file's ``fc`` (1000 ImageNet classes) is dropped; every other key must match the model
     exactly, otherwise a :class:`SegdeployError` names the file and the mismatching keys.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SegdeployError(f"pretrained weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for bad files; all mean "unreadable"
-        raise SegdeployError(
-            f"{path} is not a loadable PyTorch state dict ({type(err).__name__})"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SegdeployError(f"{path} does not hold a state dict of tensors")
+    state = read_state_dict(path)
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    missing = sorted(set(expected) - set(backbone))
-    unexpected = sorted(set(backbone) - set(expected))
-    wrong_shape = sorted(
-        k for k in set(expected) & set(backbone) if backbone[k].shape != expected[k].shape
-    )
-    if missing or unexpected or wrong_shape:
-        detail = "; ".join(
-            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("wrong shape", wrong_shape),
-            )
-            if keys
-        )
-        raise SegdeployError(f"{path} does not fit a ResNet-18 backbone ({detail})")
+    check_state_keys(path, backbone, expected, "a ResNet-18 backbone")
     model.load_state_dict(backbone, strict=False)
 
 
 def apply_finetune_policy(model: nn.Module, policy: str) -> None:
     """Freeze every parameter outside the trainable prefixes of ``policy``."""
-    if policy not in FINETUNE_POLICIES:
-        raise SegdeployError(
-            f"unknown fine-tuning policy '{policy}'; choose one of {sorted(FINETUNE_POLICIES)}"
-        )
-    prefixes = FINETUNE_POLICIES[policy]
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(prefixes))
+    freeze_by_prefix(model, FINETUNE_POLICIES, policy)
 
 
 # Registered below the functions it names: the decorator's arguments are evaluated at definition.
@@ -79,6 +45,7 @@ def apply_finetune_policy(model: nn.Module, policy: str) -> None:
     description="torchvision ResNet-18 classifier, fine-tuned from a local ImageNet file",
     load_pretrained=load_pretrained_backbone,
     finetune=apply_finetune_policy,
+    finetune_policies={"fc": "the fc layer", "layer4": "layer4 and fc", "all": "every layer"},
 )
 def build_resnet18(num_classes: int) -> nn.Module:
     """torchvision ResNet-18 with a ``num_classes``-way ``fc``; ``(B, 3, H, W) -> (B, K)``."""

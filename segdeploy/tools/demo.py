@@ -72,6 +72,8 @@ def run_demo(config: DemoConfig, console) -> dict:
             img_size=config.img_size,
             seed=config.seed,
             out=workdir / "unet.pt",
+            # The demo owns its folder: each run replaces the last one's checkpoint.
+            force=True,
         ),
         progress=RichTrainProgress(console),
     )

@@ -66,8 +66,8 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     pretrained: Path | None = None
-    # Trainable part; None: "fc" (the head) with --pretrained, "all" without (a frozen random
-    # backbone would only train a linear probe on random features).
+    # Trainable part; None: the architecture's head-only policy with --pretrained, "all" without
+    # (a frozen random backbone would only train a probe on random features).
     finetune: str | None = None
     classes: tuple[str, ...] | None = None
     # Mask file values in class order, e.g. (0, 255) for binary masks saved as 0/255.
@@ -80,11 +80,3 @@ class TrainConfig:
     val_samples: int = DEFAULT_VAL_SAMPLES
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05
-
-
-def finetune_policy(config: TrainConfig) -> str:
-    """The trainable part: the configured policy, else the head with pretrained weights and
-    everything without (freezing a random backbone would train a probe on random features)."""
-    if config.finetune is not None:
-        return config.finetune
-    return "fc" if config.pretrained is not None else "all"

@@ -4,8 +4,9 @@
   :mod:`segdeploy.data.synthetic`;
 * :class:`SegmentationFolder` and :class:`ClassificationFolder` wrap the folder readers of
   :mod:`segdeploy.data.folders` (which validate eagerly, so a bad file fails before training);
-* :func:`compute_class_weights` and :func:`build_datasets` (the training set from a
-  :class:`~segdeploy.train.config.TrainConfig`; validation reads its own-size images with
+* :func:`compute_class_weights` and :func:`build_training_data` (the training set, the data
+  checks and the data summary from a :class:`~segdeploy.train.config.TrainConfig`;
+  :func:`build_datasets` is its first three fields; validation reads its own-size images with
   :func:`segdeploy.data.samples.labelled_images`, as ``evaluate`` does).
 
 What this module adds to the numpy items is what needs torch: tensors, normalised with
@@ -16,27 +17,31 @@ from torch's RNG so that DataLoader workers get distinct, seedable streams.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import DataError, SegdeployError
 from segdeploy.core.metrics import IGNORE_INDEX
 from segdeploy.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE, normalise
-from segdeploy.data.checks import check_normalisation, check_size
+from segdeploy.data.checks import check_every_class, check_normalisation, check_size
 from segdeploy.data.class_weights import inverse_frequency_weights
 from segdeploy.data.folders import (
     DEFAULT_VAL_FRACTION,
     ClassificationFiles,
     SegmentationFiles,
+    check_split_class_folders,
     crop_pair,
     folder_layout,
     split_indices,
 )
+from segdeploy.data.summary import DataSummary, uncounted_split
 from segdeploy.data.synthetic import ROAD_CLASSES, render_road_crop, render_road_scene
 from segdeploy.train.config import TrainConfig
 
@@ -206,6 +211,8 @@ class SegmentationFolder(SegmentationFiles, Dataset):
             window of this size at the image's own scale (what training uses, so that the model
             learns the scale ``predict`` serves); smaller images are reflect-padded and their
             masks padded with 255 (ignore). The crop comes before the augmentation.
+        mask_values: optional mask file values in class order, e.g. ``(0, 255)`` for binary
+            masks saved as 0/255; value ``mask_values[i]`` is read as class ``i``.
 
     Items are ``(image, mask)``: image (3, H, W) float32 normalised, mask (H, W) int64.
     """
@@ -221,11 +228,12 @@ class SegmentationFolder(SegmentationFiles, Dataset):
         class_names: Sequence[str] | None = None,
         size_multiple: int = SIZE_MULTIPLE,
         crop: tuple[int, int] | None = None,
+        mask_values: Sequence[int] | None = None,
     ) -> None:
         self.mean, self.std = check_normalisation(mean, std)
         self.augment = augment
         self.crop = None if crop is None else check_size(crop, f"Crop of {root}", size_multiple)
-        super().__init__(root, num_classes, size, class_names, size_multiple)
+        super().__init__(root, num_classes, size, class_names, size_multiple, mask_values)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.read(index)
@@ -321,10 +329,36 @@ def compute_class_weights(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What :func:`build_training_data` gives the training loop.
+
+    Attributes:
+        train_set: the training set (random crops for segmentation folders).
+        class_names: the class names, in class order.
+        description: one line describing the data, for logs and the model card.
+        summary: images, sizes, labels per class and ignored share of both splits.
+    """
+
+    train_set: Dataset
+    class_names: tuple[str, ...]
+    description: str
+    summary: DataSummary
+
+
 def build_datasets(
     config: TrainConfig, task: str, size: int, size_multiple: int = SIZE_MULTIPLE
 ) -> tuple[Dataset, tuple[str, ...], str]:
-    """The training set, its class names and a one-line description of the data.
+    """The training set, its class names and a one-line description of the data: the first
+    three fields of :func:`build_training_data`, which also checks the data and summarises it."""
+    data = build_training_data(config, task, size, size_multiple)
+    return data.train_set, data.class_names, data.description
+
+
+def build_training_data(
+    config: TrainConfig, task: str, size: int, size_multiple: int = SIZE_MULTIPLE
+) -> TrainingData:
+    """The training set, class names, description and summary of the data, after its checks.
 
     Synthetic items are rendered at ``size`` x ``size``; segmentation folders give random
     ``size`` x ``size`` crops at their own scale; classification images are resized to ``size``.
@@ -332,30 +366,77 @@ def build_datasets(
     ``val/``, else all but the :data:`~segdeploy.data.folders.DEFAULT_VAL_FRACTION` held out
     with ``config.seed`` (the split :func:`~segdeploy.data.samples.labelled_images` finds
     again). ``size_multiple`` is the model's size multiple, which ``size`` must respect.
+    Segmentation masks are read with ``config.mask_values``.
+
+    Raises:
+        DataError: before the first step, for data that cannot train: an empty split, masks
+            that ignore what they should label (0/255 without ``--mask-values``), a declared
+            class absent from the training or the validation items, classification splits
+            with different class folders, and any unusable file.
+    """
+    if config.data == "synthetic":
+        return _synthetic_data(config, task, (size, size), size_multiple)
+    layout = folder_layout(config.data, task, config.classes)
+    files, folder = _folder_readers(config, layout.class_names, size, size_multiple)
+    if layout.has_split:
+        if layout.class_names is None:
+            check_split_class_folders(layout.root)
+        train_set = folder(layout.root / "train")
+        train, val = train_set.summary(), files(layout.root / "val").summary()
+        where = (str(layout.root / "train"), str(layout.root / "val"))
+        class_names, description = train_set.class_names, train_set.describe()
+    else:
+        base = folder(layout.root)
+        train_indices, val_indices = split_indices(len(base), DEFAULT_VAL_FRACTION, config.seed)
+        train, val = base.summary(train_indices), base.summary(val_indices)
+        where = (
+            f"{layout.root} (all but the {len(val_indices)} images held out for validation)",
+            f"{layout.root} (the {len(val_indices)} images held out with seed {config.seed})",
+        )
+        train_set = Subset(base, train_indices)
+        class_names = base.class_names
+        description = f"{base.describe()} ({len(val_indices)} held out)"
+    check_every_class(train, "train", where[0])
+    check_every_class(val, "val", where[1])
+    summary = DataSummary(str(config.data), train, val, config.mask_values)
+    return TrainingData(train_set, class_names, description, summary)
+
+
+def _folder_readers(
+    config: TrainConfig, names: tuple[str, ...] | None, size: int, size_multiple: int
+) -> tuple[Callable[[Path], Any], Callable[[Path], Any]]:
+    """``(files, folder)``: open a folder as validated files (no augmentation, own size) and
+    as the training dataset; ``names`` are the segmentation class names (None: classification).
     """
     hw = (size, size)
-    if config.data == "synthetic":
-        make = SyntheticRoadScenes if task == "segmentation" else SyntheticRoadCrops
-        train_set = make(config.train_samples, hw, config.seed, size_multiple=size_multiple)
-        return train_set, train_set.class_names, train_set.describe()
-
-    layout = folder_layout(config.data, task, config.classes)
-    names = layout.class_names
     if names is None:
-        open_folder = functools.partial(ClassificationFolder, size=hw, augment=True)
-    else:
-        open_folder = functools.partial(
-            SegmentationFolder,
-            num_classes=len(names),
-            crop=hw,
-            class_names=names,
-            size_multiple=size_multiple,
-            augment=True,
-        )
-    if layout.has_split:
-        train_set = open_folder(layout.root / "train")
-        return train_set, train_set.class_names, train_set.describe()
-    base = open_folder(layout.root)
-    train_indices, val_indices = split_indices(len(base), DEFAULT_VAL_FRACTION, config.seed)
-    held_out = f"{base.describe()} ({len(val_indices)} held out)"
-    return Subset(base, train_indices), base.class_names, held_out
+        files = functools.partial(ClassificationFiles, size=hw)
+        return files, functools.partial(ClassificationFolder, size=hw, augment=True)
+    common = {
+        "num_classes": len(names),
+        "class_names": names,
+        "size_multiple": size_multiple,
+        "mask_values": config.mask_values,
+    }
+    files = functools.partial(SegmentationFiles, **common)
+    return files, functools.partial(SegmentationFolder, crop=hw, augment=True, **common)
+
+
+def _synthetic_data(
+    config: TrainConfig, task: str, hw: tuple[int, int], size_multiple: int
+) -> TrainingData:
+    """The rendered training set, after refusing an empty training or validation split."""
+    for option, count, use in (
+        ("--train-samples", config.train_samples, "train on"),
+        ("--val-samples", config.val_samples, "validate on (no epoch could be scored or kept)"),
+    ):
+        if count < 1:
+            raise DataError(
+                f"Synthetic data: {option} {count} leaves nothing to {use}; pass {option} 1 "
+                "or more."
+            )
+    make = SyntheticRoadScenes if task == "segmentation" else SyntheticRoadCrops
+    train_set = make(config.train_samples, hw, config.seed, size_multiple=size_multiple)
+    train = uncounted_split(config.train_samples, hw)
+    summary = DataSummary("synthetic", train, uncounted_split(config.val_samples, hw))
+    return TrainingData(train_set, train_set.class_names, train_set.describe(), summary)

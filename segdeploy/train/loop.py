@@ -13,6 +13,13 @@ what evaluating the checkpoint on the same split gives. Its sections are functio
 :func:`prepare_training` (checks, data, model, loss, loaders, optimiser), :func:`train_one_epoch`,
 :func:`validate` and :func:`training_record` (the card's record of the best epoch); progress is
 reported to a :class:`~segdeploy.train.progress.TrainProgress`.
+
+No lost work: an existing output is replaced only with ``config.force`` (checked before anything
+is built); after every epoch the best checkpoint (on improvement) and then the run's state file
+(:func:`~segdeploy.train.checkpoint.state_path`: last weights + :func:`trainer_state`) are
+written atomically, so Ctrl-C leaves both whole. ``config.resume`` continues such a run from the
+epoch after its last finished one, bit for bit as if it had never stopped
+(:func:`resume_run`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +39,21 @@ from torch.utils.data import DataLoader, Dataset
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.metrics import IGNORE_INDEX, TaskScore, score_predictions
-from segdeploy.data.samples import LabelledImage, labelled_images
+from segdeploy.data.samples import MASK_VALUES_KEY, LabelledImage, labelled_images
+from segdeploy.data.summary import DataSummary
 from segdeploy.models import ArchSpec, create_model, get_spec
-from segdeploy.train.checkpoint import save_checkpoint
-from segdeploy.train.config import TrainConfig, finetune_policy, training_input_contract
-from segdeploy.train.datasets import build_datasets, compute_class_weights
+from segdeploy.models.registry import resolve_finetune
+from segdeploy.train.checkpoint import (
+    STATE_SUFFIX,
+    best_path,
+    read_checkpoint,
+    read_checkpoint_with_trainer,
+    save_checkpoint,
+    save_weights,
+    state_path,
+)
+from segdeploy.train.config import TrainConfig, training_input_contract
+from segdeploy.train.datasets import build_training_data, compute_class_weights
 from segdeploy.train.inference import TorchPredictor
 from segdeploy.train.losses import build_loss
 from segdeploy.train.progress import TrainProgress
@@ -134,6 +151,7 @@ class TrainingSetup:
     out: Path
     card: ModelCard
     data_description: str
+    data_summary: DataSummary
     model: nn.Module
     criterion: nn.Module
     metric_name: str
@@ -150,10 +168,16 @@ def check_config(config: TrainConfig, spec: ArchSpec) -> int:
         raise SegdeployError("--device cuda was asked for but PyTorch sees no CUDA device")
     if config.epochs < 1 or config.batch_size < 1:
         raise SegdeployError("--epochs and --batch-size must be at least 1")
+    _finetune(config, spec)  # refuse a frozen random backbone before any data is read
     size = config.img_size or spec.train_size
     if size % spec.size_multiple:
         raise SegdeployError(f"--img-size must be a multiple of {spec.size_multiple}, found {size}")
     return size
+
+
+def _finetune(config: TrainConfig, spec: ArchSpec) -> str:
+    """The fine-tuning policy this run applies (see :func:`resolve_finetune`)."""
+    return resolve_finetune(spec, config.finetune, pretrained=config.pretrained is not None)
 
 
 def _build_model(
@@ -165,7 +189,7 @@ def _build_model(
             raise SegdeployError(f"'{config.arch}' does not take --pretrained weights")
         spec.load_pretrained(model, config.pretrained)
     if spec.finetune is not None:
-        spec.finetune(model, finetune_policy(config))
+        spec.finetune(model, _finetune(config, spec))
     return model.to(config.device)
 
 
@@ -206,7 +230,9 @@ def _validation_items(config: TrainConfig, card: ModelCard) -> list[LabelledImag
     return labelled_images(card, config.data, "val", count, config.seed)
 
 
-def _untrained_card(spec: ArchSpec, class_names, model_kwargs, size: int) -> ModelCard:
+def _untrained_card(
+    spec: ArchSpec, class_names, model_kwargs, size: int, mask_values
+) -> ModelCard:
     """The card before any epoch: the training size is known, the rest comes per best epoch."""
     return ModelCard(
         arch=spec.name,
@@ -215,8 +241,9 @@ def _untrained_card(spec: ArchSpec, class_names, model_kwargs, size: int) -> Mod
         model_kwargs=model_kwargs,
         size_multiple=spec.size_multiple,
         input=training_input_contract(spec.task, size),
-        # labelled_images renders synthetic validation scenes at the card's training size.
-        training={"img_size": size},
+        # labelled_images renders synthetic validation scenes at the card's training size and
+        # maps mask values as the card says.
+        training={"img_size": size, **_mask_values_record(mask_values)},
     )
 
 
@@ -230,12 +257,11 @@ def prepare_training(config: TrainConfig) -> TrainingSetup:
     spec = get_spec(config.arch)
     size = check_config(config, spec)
     generator = seed_everything(config.seed)
-    train_set, class_names, data_description = build_datasets(
-        config, spec.task, size, size_multiple=spec.size_multiple
-    )
+    data = build_training_data(config, spec.task, size, size_multiple=spec.size_multiple)
+    train_set, class_names, data_description = data.train_set, data.class_names, data.description
     variant = spec.resolve_variant(config.variant)
     model_kwargs = spec.variant_kwargs(variant)
-    card = _untrained_card(spec, class_names, model_kwargs, size)
+    card = _untrained_card(spec, class_names, model_kwargs, size, config.mask_values)
     val_items = _validation_items(config, card)
     model = _build_model(config, spec, len(class_names), model_kwargs)
     criterion, metric_name = _build_criterion(config, spec.task, train_set, len(class_names))
@@ -252,10 +278,11 @@ def prepare_training(config: TrainConfig) -> TrainingSetup:
         spec=spec,
         size=size,
         variant=variant,
-        out=Path(config.out or f"{config.arch}.pt"),
+        out=output_path(config),
         card=card,
         data_description=f"{data_description}; validated on {len(val_items)} images at their "
         f"own size through the '{card.input.resize}' input contract",
+        data_summary=data.summary,
         model=model,
         criterion=criterion,
         metric_name=metric_name,
@@ -310,6 +337,11 @@ def validate(setup: TrainingSetup) -> tuple[float, dict[str, Any]]:
     return score.metric, validation_details(score)
 
 
+def _mask_values_record(mask_values) -> dict[str, list[int]]:
+    """The card entry that tells every later reader of the data how mask values map to classes."""
+    return {MASK_VALUES_KEY: list(mask_values)} if mask_values else {}
+
+
 def training_record(setup: TrainingSetup, best: EpochRecord) -> dict[str, Any]:
     """The card's ``training`` entry when ``best`` is the best epoch so far."""
     config = setup.config
@@ -320,17 +352,213 @@ def training_record(setup: TrainingSetup, best: EpochRecord) -> dict[str, Any]:
         "best_metric": round(best.metric, 6),
         "validation": best.details,
         "data": setup.data_description,
+        "data_summary": setup.data_summary.to_dict(),
         "img_size": setup.size,
+        **_mask_values_record(config.mask_values),
         "loss": config.loss if setup.spec.task == "segmentation" else "ce",
         "seed": config.seed,
         "variant": setup.variant,
-        **({"finetune": finetune_policy(config)} if setup.spec.finetune else {}),
+        **({"finetune": _finetune(config, setup.spec)} if setup.spec.finetune else {}),
         **({"pretrained": Path(config.pretrained).name} if config.pretrained else {}),
     }
 
 
+@dataclass
+class RunState:
+    """Where a run stands between epochs: what :func:`trainer_state` saves and resume restores.
+
+    ``epoch`` is the last finished epoch (0 before the first); ``card`` carries the training
+    record of ``best_epoch``.
+    """
+
+    card: ModelCard
+    epoch: int = 0
+    best_metric: float = -1.0
+    best_epoch: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as data ``torch.load(weights_only=True)`` reads: CPU tensors, Python scalars,
+    lists, tuples and dicts (NumPy scalars and arrays would need an allow-list)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(item) for item in value)
+    return value
+
+
+def capture_rng(loader_generator: torch.Generator, device: str) -> dict[str, Any]:
+    """Every random stream training draws from, as plain data (see :func:`restore_rng`).
+
+    torch's global generator drives initialisation, augmentation and dropout; the loader's
+    generator the shuffling; Python's and NumPy's are saved too, whoever draws from them.
+    """
+    state = {
+        "torch": torch.get_rng_state(),
+        "loader": loader_generator.get_state(),
+        "numpy": _plain(np.random.get_state(legacy=False)),
+        "python": _plain(list(random.getstate())),
+    }
+    if device.startswith("cuda"):
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict[str, Any], loader_generator: torch.Generator) -> None:
+    """Put back the streams :func:`capture_rng` saved."""
+    torch.set_rng_state(state["torch"])
+    loader_generator.set_state(state["loader"])
+    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_identity(setup: TrainingSetup) -> dict[str, Any]:
+    """What a resumed run must share with the saved one: architecture, variant, data, size and
+    classes (the rest, e.g. ``--epochs``, may change)."""
+    data = setup.config.data
+    return {
+        "arch": setup.spec.name,
+        "variant": setup.variant,
+        "data": data if data == "synthetic" else str(Path(data).resolve()),
+        "img_size": setup.size,
+        "classes": list(setup.card.class_names),
+    }
+
+
+def trainer_state(setup: TrainingSetup, run: RunState) -> dict[str, Any]:
+    """Everything needed to continue after ``run.epoch``, as plain data: optimiser, scheduler,
+    epoch, best metric and epoch, history, RNG states and the run's identity."""
+    return {
+        "epoch": run.epoch,
+        "best_metric": float(run.best_metric),
+        "best_epoch": run.best_epoch,
+        "history": _plain([asdict(record) for record in run.history]),
+        "optimizer": _plain(setup.optimizer.state_dict()),
+        "scheduler": _plain(setup.scheduler.state_dict()),
+        "rng": capture_rng(setup.train_loader.generator, setup.config.device),
+        "run": run_identity(setup),
+    }
+
+
+def output_path(config: TrainConfig) -> Path:
+    """Where ``config`` writes its best checkpoint (``ARCH.pt`` by default)."""
+    return Path(config.out or f"{config.arch}.pt")
+
+
+def check_output(config: TrainConfig) -> None:
+    """Refuse to replace an earlier run's files without ``config.force`` (resuming into the same
+    file excepted), before anything is built."""
+    out = output_path(config)
+    if out.name.endswith(STATE_SUFFIX):
+        raise SegdeployError(
+            f"--out must not end in {STATE_SUFFIX}: that name is a run's state file"
+        )
+    if config.force:
+        return
+    if config.resume is not None and _resume_paths(config.resume)[0].resolve() == out.resolve():
+        return
+    for path in (out, state_path(out)):
+        if path.exists():
+            raise SegdeployError(
+                f"{path} already exists; pass --force to replace it, or --resume it to continue"
+            )
+
+
+def _resume_paths(resume: Path) -> tuple[Path, Path]:
+    """(best checkpoint, state file) of the run ``resume`` names (either of the two)."""
+    return best_path(resume), state_path(resume)
+
+
+def read_resume(config: TrainConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The last weights and trainer state of the run ``config.resume`` names.
+
+    Raises:
+        SegdeployError: no such run, or a checkpoint without trainer state.
+    """
+    best, state_file = _resume_paths(Path(config.resume))
+    if not best.is_file() and not state_file.is_file():
+        raise SegdeployError(f"--resume {config.resume}: checkpoint {best} does not exist")
+    if not state_file.is_file():
+        raise SegdeployError(
+            f"{best} has no trainer state to resume from ({state_file.name} is missing: the run "
+            "was written by an older segdeploy or its state file was removed)"
+        )
+    _, weights, trainer = read_checkpoint_with_trainer(state_file)
+    if trainer is None:
+        raise SegdeployError(f"{state_file} has no trainer state to resume from")
+    return weights, trainer
+
+
+def resume_run(
+    setup: TrainingSetup, weights: dict[str, torch.Tensor], trainer: dict[str, Any]
+) -> RunState:
+    """Load the saved run into ``setup`` (weights, optimiser, scheduler, RNG) and return where it
+    stood; refuses a run of another architecture, variant, data, size or classes, or one that
+    already trained ``config.epochs`` epochs."""
+    config, resume = setup.config, Path(setup.config.resume)
+    saved, current = trainer["run"], run_identity(setup)
+    for key, value in current.items():
+        if saved.get(key) != value:
+            raise SegdeployError(
+                f"{resume} was trained with {key} {saved.get(key)!r}, not {value!r}; resume it "
+                "with the same arch, variant, data, img_size and classes"
+            )
+    if trainer["epoch"] >= config.epochs:
+        raise SegdeployError(
+            f"{resume} already trained {trainer['epoch']} of --epochs {config.epochs}; pass a "
+            "larger --epochs to train on"
+        )
+    setup.model.load_state_dict(weights)
+    setup.optimizer.load_state_dict(trainer["optimizer"])
+    setup.scheduler.load_state_dict(trainer["scheduler"])
+    restore_rng(trainer["rng"], setup.train_loader.generator)
+    history = [EpochRecord(**record) for record in trainer["history"]]
+    run = RunState(setup.card, trainer["epoch"], trainer["best_metric"], trainer["best_epoch"])
+    run.history = history
+    if run.best_epoch:
+        run.card = setup.card.replace(training=training_record(setup, history[run.best_epoch - 1]))
+        # The output holds the best epoch even if no later epoch beats it (resumed into another
+        # file), with this run's card (a larger --epochs).
+        best_weights = read_checkpoint(_resume_paths(resume)[0])[1]
+        save_weights(best_weights, run.card, setup.out)
+    return run
+
+
+def _run_epochs(setup: TrainingSetup, run: RunState, progress: TrainProgress) -> None:
+    """Train and validate from ``run.epoch + 1`` to ``config.epochs``, saving after each."""
+    config, steps = setup.config, len(setup.train_loader)
+    for epoch in range(run.epoch + 1, config.epochs + 1):
+        epoch_started = time.perf_counter()
+        progress.epoch_started(epoch, config.epochs, steps)
+        train_loss = train_one_epoch(setup, progress)
+        metric, details = validate(setup)
+        seconds = time.perf_counter() - epoch_started
+        record = EpochRecord(epoch, train_loss, metric, seconds, details)
+        run.history.append(record)
+        run.epoch = epoch
+        improved = metric > run.best_metric
+        progress.epoch_done(record, improved, setup.metric_name)
+        if improved:
+            run.best_metric, run.best_epoch = metric, epoch
+            run.card = run.card.replace(training=training_record(setup, record))
+            save_checkpoint(setup.model, run.card, setup.out)
+        # After the best file: a stop between the two leaves a state one epoch behind, whose
+        # resumed epoch rewrites the same best file (never a state ahead of the best file).
+        trainer = trainer_state(setup, run)
+        save_checkpoint(setup.model, run.card, state_path(setup.out), trainer)
+
+
 def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainResult:
-    """Train ``config.arch`` and write the best checkpoint; see :class:`TrainConfig`.
+    """Train ``config.arch`` and write the best checkpoint and the run's state file; see
+    :class:`TrainConfig` and the module's notes on ``force`` and ``resume``.
 
     Args:
         config: what to train, on what, for how long.
@@ -338,38 +566,28 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
             (``RichTrainProgress(console)`` is the CLI's display).
 
     Raises:
-        SegdeployError: see :func:`prepare_training`.
+        SegdeployError: see :func:`prepare_training`, :func:`check_output`,
+            :func:`read_resume` and :func:`resume_run`.
+        KeyboardInterrupt: Ctrl-C; the files of the last finished epoch stay whole.
     """
     progress = progress or TrainProgress()
+    check_output(config)
+    resumed = read_resume(config) if config.resume is not None else None
     setup = prepare_training(config)
-    card, history = setup.card, []
-    best_metric, best_epoch = -1.0, 0
+    run = resume_run(setup, *resumed) if resumed else RunState(setup.card)
     started = time.perf_counter()
-    steps = len(setup.train_loader)
-    progress.run_started(config.epochs, steps)
+    progress.data_ready(setup.data_summary.lines())
+    progress.run_started(config.epochs, len(setup.train_loader))
     try:
-        for epoch in range(1, config.epochs + 1):
-            epoch_started = time.perf_counter()
-            progress.epoch_started(epoch, config.epochs, steps)
-            train_loss = train_one_epoch(setup, progress)
-            metric, details = validate(setup)
-            seconds = time.perf_counter() - epoch_started
-            record = EpochRecord(epoch, train_loss, metric, seconds, details)
-            history.append(record)
-            improved = metric > best_metric
-            progress.epoch_done(record, improved, setup.metric_name)
-            if improved:
-                best_metric, best_epoch = metric, epoch
-                card = card.replace(training=training_record(setup, record))
-                save_checkpoint(setup.model, card, setup.out)
+        _run_epochs(setup, run, progress)
     finally:
         progress.run_finished()
     return TrainResult(
         checkpoint=setup.out,
-        card=card,
-        history=history,
+        card=run.card,
+        history=run.history,
         metric_name=setup.metric_name,
-        best_metric=best_metric,
-        best_epoch=best_epoch,
+        best_metric=run.best_metric,
+        best_epoch=run.best_epoch,
         seconds=time.perf_counter() - started,
     )

@@ -19,10 +19,13 @@ if TYPE_CHECKING:
 class TrainProgress:
     """What a training run reports, in order; every method does nothing here.
 
-    ``run_started`` once, then per epoch ``epoch_started``, ``step_done`` after every optimiser
-    step and ``epoch_done`` after validation, and ``run_finished`` once, also when training stops
-    with an error.
+    ``data_ready`` and ``run_started`` once, then per epoch ``epoch_started``, ``step_done``
+    after every optimiser step and ``epoch_done`` after validation, and ``run_finished`` once,
+    also when training stops with an error.
     """
+
+    def data_ready(self, summary: list[str]) -> None:
+        """The data passed its checks; ``summary``: a few lines on what it holds."""
 
     def run_started(self, epochs: int, steps_per_epoch: int) -> None:
         """Setup is done (data, model, optimiser); the first epoch is about to start."""
@@ -52,6 +55,10 @@ class RichTrainProgress(TrainProgress):
         self._progress: Progress | None = None
         self._bar = None
         self._epochs = 0
+
+    def data_ready(self, summary: list[str]) -> None:
+        for line in summary:
+            self.console.print(line, highlight=False)
 
     def run_started(self, epochs: int, steps_per_epoch: int) -> None:
         columns = (

@@ -120,3 +120,20 @@ def test_bad_input_is_one_sentence_and_a_non_zero_exit(tmp_path, args, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_an_existing_checkpoint_is_replaced_only_with_force_and_resume_continues(tmp_path):
+    args = ("unet", "--variant", "tiny", "--img-size", "32", *FAST)
+    first, out = train(tmp_path, *args)
+    assert first.exit_code == 0, first.output
+    before = out.read_bytes()
+    again, _ = train(tmp_path, *args)
+    assert again.exit_code != 0 and "Traceback" not in again.output
+    assert "model.pt already exists; pass --force to replace it, or --resume it" in again.output
+    assert out.read_bytes() == before
+    forced, _ = train(tmp_path, *args, "--force")
+    assert forced.exit_code == 0, forced.output
+    longer = [a if a != "1" else "2" for a in args]  # --epochs 2
+    resumed, _ = train(tmp_path, *longer, "--resume", str(out))
+    assert resumed.exit_code == 0, resumed.output
+    assert read_checkpoint(out)[0].training["epochs"] == 2

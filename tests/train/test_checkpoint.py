@@ -98,3 +98,23 @@ def test_interrupted_write_leaves_neither_partial_file_nor_temp(
         save_checkpoint(model, card, target)
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["out.pt"]
+
+
+def test_trainer_state_round_trips_and_old_files_have_none(tiny_checkpoints, tmp_path):
+    from segdeploy.train.checkpoint import best_path, read_trainer_state, state_path
+
+    model, card = load_checkpoint(tiny_checkpoints["unet"])
+    assert read_trainer_state(tiny_checkpoints["unet"]) is None  # a version 1 file
+    trainer = {"epoch": 2, "rng": {"torch": torch.get_rng_state()}, "history": [{"metric": 0.5}]}
+    path = save_checkpoint(model, card, state_path(tmp_path / "run.pt"), trainer_state=trainer)
+    assert path.name == "run.last.pt" and best_path(path) == tmp_path / "run.pt"
+    loaded = read_trainer_state(path)
+    assert loaded["epoch"] == 2 and loaded["history"] == [{"metric": 0.5}]
+    assert torch.equal(loaded["rng"]["torch"], trainer["rng"]["torch"])
+    assert load_checkpoint(path)[1] == card  # still an ordinary checkpoint
+
+
+def test_a_newer_version_is_refused(tiny_checkpoints, tmp_path):
+    path = _rewrite(tiny_checkpoints["unet"], tmp_path / "new.pt", lambda p: p.update(version=3))
+    with pytest.raises(SegdeployError, match=r"new\.pt was written by a newer segdeploy"):
+        read_checkpoint(path)
