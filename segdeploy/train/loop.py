@@ -230,9 +230,7 @@ def _validation_items(config: TrainConfig, card: ModelCard) -> list[LabelledImag
     return labelled_images(card, config.data, "val", count, config.seed)
 
 
-def _untrained_card(
-    spec: ArchSpec, class_names, model_kwargs, size: int, mask_values
-) -> ModelCard:
+def _untrained_card(spec: ArchSpec, class_names, model_kwargs, size: int, mask_values) -> ModelCard:
     """The card before any epoch: the training size is known, the rest comes per best epoch."""
     return ModelCard(
         arch=spec.name,
