@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segdeploy.core.artifacts import PRECISION_KEY, variant_path
+from segdeploy.core.artifacts import PRECISION_KEY
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
     DEFAULT_EVAL_SAMPLES,
@@ -20,7 +20,7 @@ from segdeploy.export.contract import (
     MAX_METRIC_DROP,
 )
 from segdeploy.export.gates import GateResult, gate_and_write, load_split
-from segdeploy.export.onnx_file import attach_metadata, load_onnx, read_card, require_fp32
+from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
 
 #: Ops kept in FP32 by :func:`convert_fp16`: reductions and exponentials lose accuracy or
 #: overflow in half precision; ONNX Runtime's own default list covers the rest.
@@ -55,11 +55,7 @@ def convert_fp16(
     """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    onnx_path = Path(onnx_path)
-    model = load_onnx(onnx_path)
-    require_fp32(model, onnx_path, "convert-fp16")
-    out = Path(out) if out else variant_path(onnx_path, "fp16")
-    card = read_card(model, str(onnx_path))
+    onnx_path, model, out, card = open_fp32_parent(onnx_path, out, "fp16", "convert-fp16")
     gate = load_split(card, data, "val", eval_samples, int(card.training.get("seed", 0)))
     parent_metadata = {p.key: p.value for p in model.metadata_props}
     half = convert_float_to_float16(

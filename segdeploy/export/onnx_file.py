@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnx
 
-from segdeploy.core.artifacts import PRECISION_KEY
+from segdeploy.core.artifacts import PRECISION_KEY, variant_path
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
 from segdeploy.core.errors import SegdeployError
 
@@ -58,3 +58,15 @@ def require_fp32(model: onnx.ModelProto, path: Path, command: str) -> None:
             f"{path} is already an {precision} variant; {command} takes the FP32 export it was "
             "made from"
         )
+
+
+def open_fp32_parent(
+    onnx_path: str | Path, out: str | Path | None, precision: str, command: str
+) -> tuple[Path, onnx.ModelProto, Path, ModelCard]:
+    """What making a ``precision`` variant starts from: the FP32 export (refusing a variant),
+    the variant's path (``x.<precision>.onnx`` unless ``out``) and the export's card."""
+    onnx_path = Path(onnx_path)
+    model = load_onnx(onnx_path)
+    require_fp32(model, onnx_path, command)
+    out = Path(out) if out else variant_path(onnx_path, precision)
+    return onnx_path, model, out, read_card(model, str(onnx_path))

@@ -25,7 +25,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from segdeploy.core.artifacts import PRECISION_KEY, variant_path
+from segdeploy.core.artifacts import PRECISION_KEY
 from segdeploy.core.card import ModelCard
 from segdeploy.core.images import load_image
 from segdeploy.core.preprocess import normalise
@@ -37,7 +37,7 @@ from segdeploy.export.contract import (
     MAX_METRIC_DROP,
 )
 from segdeploy.export.gates import GateResult, gate_and_write, load_split, require_disjoint
-from segdeploy.export.onnx_file import attach_metadata, load_onnx, read_card, require_fp32
+from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
 
 #: What :func:`quantize_int8` returns: the gate's measurement (see :class:`GateResult`).
 QuantizeResult = GateResult
@@ -141,11 +141,7 @@ def quantize_int8(
         SegdeployError: unreadable input or data, calibration images among the gate's.
         AccuracyGateError: the INT8 model failed the gate (``.result``); no file was written.
     """
-    onnx_path = Path(onnx_path)
-    model = load_onnx(onnx_path)
-    require_fp32(model, onnx_path, "quantize")
-    out = Path(out) if out else variant_path(onnx_path, "int8")
-    card = read_card(model, str(onnx_path))
+    onnx_path, model, out, card = open_fp32_parent(onnx_path, out, "int8", "quantize")
     seed = int(card.training.get("seed", 0))
     calibration = load_split(card, calib, "train", samples, seed)
     gate = load_split(card, calib, "val", eval_samples, seed)
