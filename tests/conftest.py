@@ -29,6 +29,7 @@ def tiny_checkpoints(tmp_path_factory):
             task=spec.task,
             class_names=("background", "road", "vehicle", "pedestrian"),
             model_kwargs=kwargs,
+            size_multiple=spec.size_multiple,
         )
         paths[arch] = save_checkpoint(model, card, folder / f"{arch}.pt")
     return paths

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from segdeploy.cli.console import err_console
 from segdeploy.core.errors import ProviderUnavailableError, SegdeployError
@@ -44,7 +45,9 @@ def one_error_path(command_name: str, command: Callable[..., Any]) -> Callable[.
         try:
             return command(*args, **kwargs)
         except SegdeployError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(exit_code(command_name, err)) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]: nothing half-written was left behind")

@@ -11,6 +11,9 @@ from segdeploy.cli.console import console
 from segdeploy.cli.tables import print_training_summary
 from segdeploy.core.errors import SegdeployError
 from segdeploy.train.config import TrainConfig
+from segdeploy.train.plan import SYNTHETIC_BATCH, SYNTHETIC_EPOCHS
+
+_FITTED = "Default: fitted to the data, printed before the first epoch"
 
 # The option defaults are TrainConfig's: a dataclass keeps each field's default as a class
 # attribute, so TrainConfig.epochs is the default number of epochs.
@@ -26,31 +29,45 @@ def train(
             show_default=False,
         ),
     ] = TrainConfig.variant,
-    epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
-    batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help=f"{_FITTED} (synthetic: {SYNTHETIC_EPOCHS}).")
+    ] = TrainConfig.epochs,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help=f"{_FITTED} (synthetic: {SYNTHETIC_BATCH}).")
+    ] = TrainConfig.batch_size,
     img_size: Annotated[
-        int | None, typer.Option(help="Square training size, a multiple of 16.")
+        int | None,
+        typer.Option(help=f"Square training size, a multiple of the size multiple. {_FITTED}."),
     ] = TrainConfig.img_size,
     lr: float = TrainConfig.lr,
     loss: Annotated[
         str, typer.Option(help="ce, dice or ce+dice (segmentation).")
     ] = TrainConfig.loss,
     class_weights: Annotated[
-        str | None, typer.Option(help="'auto' = inverse pixel frequency.")
+        str | None,
+        typer.Option(
+            help="'auto' (median frequency, clipped) or 'none' \\[default: auto for "
+            "segmentation folders].",
+            show_default=False,
+        ),
     ] = TrainConfig.class_weights,
+    cache_mb: Annotated[
+        int, typer.Option(min=0, help="Keep decoded training data in memory up to this size.")
+    ] = TrainConfig.cache_mb,
     out: Annotated[
         Path | None, typer.Option(help="Checkpoint path \\[default: ARCH.pt].")
     ] = TrainConfig.out,
     device: str = TrainConfig.device,
     seed: int = TrainConfig.seed,
     pretrained: Annotated[
-        Path | None, typer.Option(help="Local torchvision-format ImageNet state dict (resnet18).")
+        Path | None,
+        typer.Option(help="Local weights file or folder (resnet18, DeepLabV3, SegFormer)."),
     ] = TrainConfig.pretrained,
     finetune: Annotated[
         str | None,
         typer.Option(
             help="Trainable part: fc, layer4 or all (resnet18); head, head+last or all "
-            "(DeepLabV3) \\[default: the head with --pretrained, else all].",
+            "(DeepLabV3, SegFormer) \\[default: the head with --pretrained, else all].",
             show_default=False,
         ),
     ] = TrainConfig.finetune,
@@ -76,7 +93,7 @@ def train(
 ) -> None:
     """Train ARCH and write a self-describing checkpoint (weights + model card).\f
 
-    Longer than 60 lines because its signature declares the command's twenty parameters;
+    Longer than 60 lines because its signature declares the command's twenty-one parameters;
     the body only builds a TrainConfig from them. (Click shows no help text after the form feed.)
     """
     from segdeploy.train import RichTrainProgress
@@ -92,6 +109,7 @@ def train(
         lr=lr,
         loss=loss,
         class_weights=class_weights,
+        cache_mb=cache_mb,
         out=out,
         device=device,
         seed=seed,

@@ -7,51 +7,42 @@ from collections.abc import Iterable
 import numpy as np
 
 from segdeploy.core.errors import DataError
-from segdeploy.core.metrics import IGNORE_INDEX
 
 
-def inverse_frequency_weights(
-    masks: Iterable[np.ndarray],
-    num_classes: int,
-    ignore_index: int = IGNORE_INDEX,
-    source: str = "dataset",
-) -> np.ndarray:
-    """Per-class cross-entropy weights from inverse pixel frequency, normalised to mean 1.
-
-    ``weight[c] ∝ 1 / count[c]`` over the labelled (non-ignored) pixels of ``masks``.
-
-    Classes with zero pixels get the largest weight of the classes that do occur, not 0: the
-    masks may be a sample that merely misses a class, and a zero weight would silently stop the
-    loss from ever learning it. (If it truly never occurs, its weight has no effect on
-    cross-entropy anyway.)
-
-    Args:
-        masks: label arrays of any shape (array-likes, e.g. tensors, are accepted).
-        num_classes: number of classes ``C``.
-        ignore_index: label value that is not counted.
-        source: what the masks come from, for the error message.
-
-    Returns:
-        (C,) float64 array with mean 1.
-
-    Raises:
-        DataError: if the masks contain no labelled pixels at all.
-    """
+def label_counts(masks: Iterable[np.ndarray], num_classes: int, ignore_index: int) -> np.ndarray:
+    """(C,) labelled pixels per class over ``masks`` (``ignore_index`` not counted)."""
     counts = np.zeros(num_classes, dtype=np.int64)
-    scanned = 0
     for mask in masks:
         labels = np.asarray(mask).reshape(-1)
         labels = labels[labels != ignore_index].astype(np.int64)
         counts += np.bincount(labels, minlength=num_classes)[:num_classes]
-        scanned += 1
+    return counts
+
+
+def median_frequency_weights(counts: np.ndarray, max_ratio: float) -> np.ndarray:
+    """Median-frequency class weights, clipped to ``[1/max_ratio, max_ratio]``, mean 1.
+
+    ``weight[c] = median(count) / count[c]`` over the classes with pixels (Eigen & Fergus): the
+    median class weighs 1, rarer classes more, commoner ones less. Clipping bounds what a class
+    with a handful of pixels can do to the loss (plain inverse frequency gives a class with
+    0.01 % of the pixels 10,000 times the weight of the common ones, and training diverges).
+    A class without pixels gets the largest weight of the others (the masks may be a sample
+    that merely misses it; a zero weight would silently stop the loss from ever learning it).
+
+    Args:
+        counts: (C,) labelled pixels per class (see :func:`label_counts`).
+        max_ratio: the largest factor between a class's weight and the median class's.
+
+    Raises:
+        DataError: if no class has a pixel.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
     present = counts > 0
     if not present.any():
-        raise DataError(
-            f"Dataset {source}: expected labelled pixels to compute class weights, found only "
-            f"ignored pixels in {scanned} masks."
-        )
-    weights = np.zeros(num_classes, dtype=np.float64)
-    weights[present] = counts.sum() / counts[present]
+        raise DataError("Class weights: expected labelled pixels, found only ignored pixels.")
+    weights = np.zeros(counts.shape)
+    weights[present] = np.clip(
+        np.median(counts[present]) / counts[present], 1 / max_ratio, max_ratio
+    )
     weights[~present] = weights[present].max()
-    weights /= weights.mean()
-    return weights
+    return weights / weights.mean()

@@ -301,7 +301,34 @@ def check_not_ignore_only(mask_dir: Path, counts: np.ndarray, class_names: Seque
     )
 
 
-class SegmentationFiles:
+class DecodedCache:
+    """Decoded items kept in memory, so that each file is decoded once per run.
+
+    A class using it decodes in ``_decode(index)``; :meth:`read` returns the kept item when
+    :meth:`keep_decoded` has decoded it (read-only arrays: callers crop and flip copies).
+    """
+
+    def keep_decoded(self, indices: Sequence[int]) -> None:
+        """Decode the items ``indices`` now and keep them."""
+        kept = {}
+        for index in indices:
+            item = self._decode(index)
+            for part in item:
+                if isinstance(part, np.ndarray):
+                    part.setflags(write=False)
+            kept[index] = item
+        self._decoded = kept
+
+    def read(self, index: int) -> tuple:
+        """Item ``index``: kept in memory, or decoded now (see the class's ``_decode``)."""
+        kept = getattr(self, "_decoded", {}).get(index)
+        return kept if kept is not None else self._decode(index)
+
+    def _decode(self, index: int) -> tuple:
+        raise NotImplementedError
+
+
+class SegmentationFiles(DecodedCache):
     """Validated image/mask pairs from ``root/images/*`` and ``root/masks/*.png``.
 
     Masks are single-channel PNGs (mode ``L`` or palette ``P``) whose raw values are class
@@ -383,7 +410,7 @@ class SegmentationFiles:
         sizes = [self.image_sizes[i] for i in chosen]
         return segmentation_split(counts, sizes, self.class_names)
 
-    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ``index`` as ``(image (H, W, 3) uint8, mask (H, W) uint8)``, resized."""
         image = load_rgb(self.samples[index][0])
         if self.size is not None:
@@ -458,7 +485,7 @@ def check_split_class_folders(root: Path) -> None:
     )
 
 
-class ClassificationFiles:
+class ClassificationFiles(DecodedCache):
     """Images in ``root/<class_name>/*``, one sub-folder per class (sorted names = classes).
 
     The folder layout and each image header are checked in ``__init__``; pixel data is decoded
@@ -493,7 +520,7 @@ class ClassificationFiles:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def read(self, index: int) -> tuple[np.ndarray, int]:
+    def _decode(self, index: int) -> tuple[np.ndarray, int]:
         """Item ``index`` as ``(image (H, W, 3) uint8 resized to size, label)``."""
         path, label = self.samples[index]
         return resize_image(load_rgb(path), self.size), label

@@ -46,6 +46,9 @@ class TrainConfig:
     :data:`~segdeploy.data.folders.DEFAULT_VAL_FRACTION` of its items, chosen with ``seed``: the
     split that ``evaluate`` and the export gates find again from the card's seed.
 
+    ``epochs``, ``batch_size``, ``img_size`` and ``class_weights`` left at ``None`` are fitted to
+    the data by :mod:`segdeploy.train.plan` (synthetic data: fixed defaults).
+
     ``img_size`` is the side of the square training images: synthetic scenes are rendered at
     it, segmentation folders are cut into random crops of it at their own scale, classification
     images are resized to it. Validation runs every image the way ``predict`` will
@@ -55,13 +58,17 @@ class TrainConfig:
     arch: str
     data: str = "synthetic"
     variant: str | None = None
-    epochs: int = 10
-    batch_size: int = 16
+    # None: fitted to the data (see segdeploy.train.plan, which prints and records why).
+    epochs: int | None = None
+    batch_size: int | None = None
     img_size: int | None = None
     lr: float = 2e-3
     weight_decay: float = 1e-4
     loss: str = "ce+dice"
+    # 'auto' (clipped median frequency), 'none'; None: 'auto' for segmentation folders.
     class_weights: str | None = None
+    # Keep decoded training data in memory up to this many MB (else DataLoader workers).
+    cache_mb: int = 2048
     out: Path | None = None
     device: str = "cpu"
     seed: int = 0

@@ -16,6 +16,7 @@ from torch's RNG so that DataLoader workers get distinct, seedable streams.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from segdeploy.core.errors import DataError, SegdeployError
 from segdeploy.core.metrics import IGNORE_INDEX
 from segdeploy.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE, normalise
 from segdeploy.data.checks import check_every_class, check_normalisation, check_size
-from segdeploy.data.class_weights import inverse_frequency_weights
+from segdeploy.data.class_weights import label_counts, median_frequency_weights
 from segdeploy.data.folders import (
     DEFAULT_VAL_FRACTION,
     ClassificationFiles,
@@ -44,6 +45,13 @@ from segdeploy.data.folders import (
 from segdeploy.data.summary import DataSummary, uncounted_split
 from segdeploy.data.synthetic import ROAD_CLASSES, render_road_crop, render_road_scene
 from segdeploy.train.config import TrainConfig
+from segdeploy.train.plan import (
+    MAX_CLASS_WEIGHT_RATIO,
+    TrainingPlan,
+    UserChoices,
+    plan_folder,
+    plan_synthetic,
+)
 
 
 def _to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -233,7 +241,12 @@ class SegmentationFolder(SegmentationFiles, Dataset):
         self.mean, self.std = check_normalisation(mean, std)
         self.augment = augment
         self.crop = None if crop is None else check_size(crop, f"Crop of {root}", size_multiple)
+        self.size_multiple = size_multiple
         super().__init__(root, num_classes, size, class_names, size_multiple, mask_values)
+
+    def set_training_size(self, side: int) -> None:
+        """Cut random ``side`` x ``side`` crops from now on (the training plan's size)."""
+        self.crop = check_size((side, side), f"Crop of {self.root}", self.size_multiple)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.read(index)
@@ -280,6 +293,10 @@ class ClassificationFolder(ClassificationFiles, Dataset):
         self.augment = augment
         super().__init__(root, size)
 
+    def set_training_size(self, side: int) -> None:
+        """Resize every image to ``side`` x ``side`` from now on (the training plan's size)."""
+        self.size = check_size((side, side), f"Dataset {self.root}", None)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.read(index)
         if self.augment:
@@ -298,10 +315,11 @@ def compute_class_weights(
     ignore_index: int = IGNORE_INDEX,
     max_items: int | None = None,
 ) -> torch.Tensor:
-    """Per-class cross-entropy weights from inverse pixel frequency, normalised to mean 1.
+    """The ``auto`` class weights of a dataset's masks: clipped median frequency, mean 1.
 
-    See :func:`segdeploy.data.class_weights.inverse_frequency_weights` for the rule (a class
-    missing from the scanned masks gets the largest weight, never 0).
+    See :func:`segdeploy.data.class_weights.median_frequency_weights` for the rule (at most
+    :data:`~segdeploy.train.plan.MAX_CLASS_WEIGHT_RATIO` times the median class's weight; a
+    class missing from the scanned masks gets the largest weight, never 0).
 
     Args:
         dataset: a segmentation dataset; uses ``dataset.load_mask(i)`` when available (skips
@@ -319,8 +337,19 @@ def compute_class_weights(
     n = len(dataset) if max_items is None else min(len(dataset), max_items)
     load_mask = getattr(dataset, "load_mask", None)
     masks = (load_mask(i) if load_mask is not None else dataset[i][1] for i in range(n))
-    name = str(getattr(dataset, "root", type(dataset).__name__))
-    weights = inverse_frequency_weights(masks, num_classes, ignore_index, source=name)
+    counts = label_counts(masks, num_classes, ignore_index)
+    return weights_from_counts(counts, str(getattr(dataset, "root", type(dataset).__name__)))
+
+
+def weights_from_counts(counts: Sequence[int], source: str) -> torch.Tensor:
+    """The ``auto`` class weights of labelled pixels per class (see
+    :func:`compute_class_weights`) as a float32 tensor; ``source`` names the data in errors."""
+    if not np.asarray(counts).any():
+        raise DataError(
+            f"Dataset {source}: expected labelled pixels to compute class weights, found only "
+            "ignored pixels."
+        )
+    weights = median_frequency_weights(np.asarray(counts), MAX_CLASS_WEIGHT_RATIO)
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -338,35 +367,30 @@ class TrainingData:
         class_names: the class names, in class order.
         description: one line describing the data, for logs and the model card.
         summary: images, sizes, labels per class and ignored share of both splits.
+        plan: every choice the user left open, fitted to this data (see
+            :mod:`segdeploy.train.plan`); the training set already follows it.
     """
 
     train_set: Dataset
     class_names: tuple[str, ...]
     description: str
     summary: DataSummary
-
-
-def build_datasets(
-    config: TrainConfig, task: str, size: int, size_multiple: int = SIZE_MULTIPLE
-) -> tuple[Dataset, tuple[str, ...], str]:
-    """The training set, its class names and a one-line description of the data: the first
-    three fields of :func:`build_training_data`, which also checks the data and summarises it."""
-    data = build_training_data(config, task, size, size_multiple)
-    return data.train_set, data.class_names, data.description
+    plan: TrainingPlan
 
 
 def build_training_data(
-    config: TrainConfig, task: str, size: int, size_multiple: int = SIZE_MULTIPLE
+    config: TrainConfig, task: str, train_size: int, size_multiple: int = SIZE_MULTIPLE
 ) -> TrainingData:
-    """The training set, class names, description and summary of the data, after its checks.
+    """The training set, class names, description, summary and plan, after the data checks.
 
-    Synthetic items are rendered at ``size`` x ``size``; segmentation folders give random
-    ``size`` x ``size`` crops at their own scale; classification images are resized to ``size``.
-    A data folder's training items are its ``train/`` folder when it has ``train/`` and
-    ``val/``, else all but the :data:`~segdeploy.data.folders.DEFAULT_VAL_FRACTION` held out
+    Synthetic items are rendered at the plan's size; segmentation folders give random square
+    crops of the plan's size at their own scale; classification images are resized to it.
+    ``train_size`` is the architecture's training size (synthetic default, classification
+    ceiling). A data folder's training items are its ``train/`` folder when it has ``train/``
+    and ``val/``, else all but the :data:`~segdeploy.data.folders.DEFAULT_VAL_FRACTION` held out
     with ``config.seed`` (the split :func:`~segdeploy.data.samples.labelled_images` finds
-    again). ``size_multiple`` is the model's size multiple, which ``size`` must respect.
-    Segmentation masks are read with ``config.mask_values``.
+    again). Segmentation masks are read with ``config.mask_values``. Decoded items are kept in
+    memory when the plan says they fit.
 
     Raises:
         DataError: before the first step, for data that cannot train: an empty split, masks
@@ -375,43 +399,67 @@ def build_training_data(
             with different class folders, and any unusable file.
     """
     if config.data == "synthetic":
-        return _synthetic_data(config, task, (size, size), size_multiple)
+        return _synthetic_data(config, task, train_size, size_multiple)
     layout = folder_layout(config.data, task, config.classes)
-    files, folder = _folder_readers(config, layout.class_names, size, size_multiple)
+    files, folder = _folder_readers(config, layout.class_names, size_multiple)
     if layout.has_split:
         if layout.class_names is None:
             check_split_class_folders(layout.root)
-        train_set = folder(layout.root / "train")
-        train, val = train_set.summary(), files(layout.root / "val").summary()
+        base = folder(layout.root / "train")
+        train_indices = list(range(len(base)))
+        val = files(layout.root / "val").summary()
         where = (str(layout.root / "train"), str(layout.root / "val"))
-        class_names, description = train_set.class_names, train_set.describe()
+        held_out = ""
     else:
         base = folder(layout.root)
         train_indices, val_indices = split_indices(len(base), DEFAULT_VAL_FRACTION, config.seed)
-        train, val = base.summary(train_indices), base.summary(val_indices)
+        val = base.summary(val_indices)
         where = (
             f"{layout.root} (all but the {len(val_indices)} images held out for validation)",
             f"{layout.root} (the {len(val_indices)} images held out with seed {config.seed})",
         )
-        train_set = Subset(base, train_indices)
-        class_names = base.class_names
-        description = f"{base.describe()} ({len(val_indices)} held out)"
+        held_out = f" ({len(val_indices)} held out)"
+    train = base.summary(train_indices)
     check_every_class(train, "train", where[0])
     check_every_class(val, "val", where[1])
+    sizes = [base.image_sizes[i] for i in train_indices]
+    plan = plan_folder(task, _user_choices(config), sizes, size_multiple, train_size)
+    base.set_training_size(int(plan.img_size.value))
+    if plan.in_memory.value:
+        base.keep_decoded(train_indices)
+    train_set = base if layout.has_split else Subset(base, train_indices)
     summary = DataSummary(str(config.data), train, val, config.mask_values)
-    return TrainingData(train_set, class_names, description, summary)
+    return TrainingData(train_set, base.class_names, base.describe() + held_out, summary, plan)
+
+
+def build_datasets(
+    config: TrainConfig, task: str, size: int, size_multiple: int = SIZE_MULTIPLE
+) -> tuple[Dataset, tuple[str, ...], str]:
+    """The training set at image size ``size``, its class names and a one-line description of
+    the data: :func:`build_training_data` with ``--img-size size``, less its summary and plan."""
+    sized = dataclasses.replace(config, img_size=size)
+    data = build_training_data(sized, task, size, size_multiple)
+    return data.train_set, data.class_names, data.description
+
+
+def _user_choices(config: TrainConfig) -> UserChoices:
+    return UserChoices(
+        config.img_size, config.batch_size, config.epochs, config.class_weights, config.cache_mb
+    )
 
 
 def _folder_readers(
-    config: TrainConfig, names: tuple[str, ...] | None, size: int, size_multiple: int
+    config: TrainConfig, names: tuple[str, ...] | None, size_multiple: int
 ) -> tuple[Callable[[Path], Any], Callable[[Path], Any]]:
     """``(files, folder)``: open a folder as validated files (no augmentation, own size) and
-    as the training dataset; ``names`` are the segmentation class names (None: classification).
-    """
-    hw = (size, size)
+    as the training dataset (sized later by the plan); ``names`` are the segmentation class
+    names (None: classification)."""
     if names is None:
-        files = functools.partial(ClassificationFiles, size=hw)
-        return files, functools.partial(ClassificationFolder, size=hw, augment=True)
+        # Validation images are read by labelled_images at their own size; this size only
+        # satisfies the constructor until the plan sets the training size.
+        placeholder = (size_multiple, size_multiple)
+        files = functools.partial(ClassificationFiles, size=placeholder)
+        return files, functools.partial(ClassificationFolder, size=placeholder, augment=True)
     common = {
         "num_classes": len(names),
         "class_names": names,
@@ -419,11 +467,11 @@ def _folder_readers(
         "mask_values": config.mask_values,
     }
     files = functools.partial(SegmentationFiles, **common)
-    return files, functools.partial(SegmentationFolder, crop=hw, augment=True, **common)
+    return files, functools.partial(SegmentationFolder, augment=True, **common)
 
 
 def _synthetic_data(
-    config: TrainConfig, task: str, hw: tuple[int, int], size_multiple: int
+    config: TrainConfig, task: str, train_size: int, size_multiple: int
 ) -> TrainingData:
     """The rendered training set, after refusing an empty training or validation split."""
     for option, count, use in (
@@ -435,8 +483,10 @@ def _synthetic_data(
                 f"Synthetic data: {option} {count} leaves nothing to {use}; pass {option} 1 "
                 "or more."
             )
+    plan = plan_synthetic(config.img_size, config.batch_size, config.epochs, train_size)
+    hw = (int(plan.img_size.value),) * 2
     make = SyntheticRoadScenes if task == "segmentation" else SyntheticRoadCrops
     train_set = make(config.train_samples, hw, config.seed, size_multiple=size_multiple)
     train = uncounted_split(config.train_samples, hw)
     summary = DataSummary("synthetic", train, uncounted_split(config.val_samples, hw))
-    return TrainingData(train_set, train_set.class_names, train_set.describe(), summary)
+    return TrainingData(train_set, train_set.class_names, train_set.describe(), summary, plan)

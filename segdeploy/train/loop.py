@@ -24,6 +24,7 @@ epoch after its last finished one, bit for bit as if it had never stopped
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
@@ -53,9 +54,15 @@ from segdeploy.train.checkpoint import (
     state_path,
 )
 from segdeploy.train.config import TrainConfig, training_input_contract
-from segdeploy.train.datasets import build_training_data, compute_class_weights
+from segdeploy.train.datasets import (
+    TrainingData,
+    build_training_data,
+    compute_class_weights,
+    weights_from_counts,
+)
 from segdeploy.train.inference import TorchPredictor
 from segdeploy.train.losses import build_loss
+from segdeploy.train.plan import TrainingPlan
 from segdeploy.train.progress import TrainProgress
 
 
@@ -152,6 +159,7 @@ class TrainingSetup:
     card: ModelCard
     data_description: str
     data_summary: DataSummary
+    plan: TrainingPlan
     model: nn.Module
     criterion: nn.Module
     metric_name: str
@@ -162,17 +170,32 @@ class TrainingSetup:
     scheduler: torch.optim.lr_scheduler.LRScheduler
 
 
-def check_config(config: TrainConfig, spec: ArchSpec) -> int:
-    """Refuse what cannot train before anything is built; returns the image size."""
+def check_config(config: TrainConfig, spec: ArchSpec) -> None:
+    """Refuse what cannot train before anything is built (values left to the plan excepted)."""
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise SegdeployError("--device cuda was asked for but PyTorch sees no CUDA device")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise SegdeployError("--epochs and --batch-size must be at least 1")
+    for flag, value in (("--epochs", config.epochs), ("--batch-size", config.batch_size)):
+        if value is not None and value < 1:
+            raise SegdeployError(f"{flag} must be at least 1, found {value}")
+    if config.class_weights not in (None, "auto", "none"):
+        raise SegdeployError(
+            f"--class-weights must be 'auto' or 'none', found {config.class_weights!r}"
+        )
     _finetune(config, spec)  # refuse a frozen random backbone before any data is read
-    size = config.img_size or spec.train_size
-    if size % spec.size_multiple:
+    size = config.img_size
+    if size is not None and (size < 1 or size % spec.size_multiple):
         raise SegdeployError(f"--img-size must be a multiple of {spec.size_multiple}, found {size}")
-    return size
+
+
+def planned_config(config: TrainConfig, plan: TrainingPlan) -> TrainConfig:
+    """``config`` with every value it left open filled in from ``plan``."""
+    return dataclasses.replace(
+        config,
+        img_size=int(plan.img_size.value),
+        batch_size=int(plan.batch_size.value),
+        epochs=int(plan.epochs.value),
+        class_weights=str(plan.class_weights.value),
+    )
 
 
 def _finetune(config: TrainConfig, spec: ArchSpec) -> str:
@@ -194,18 +217,22 @@ def _build_model(
 
 
 def _build_criterion(
-    config: TrainConfig, task: str, train_set: Dataset, num_classes: int
+    config: TrainConfig, task: str, data: TrainingData, num_classes: int
 ) -> tuple[nn.Module, str]:
-    """The loss and the name of the validation metric that picks the best epoch."""
+    """The loss and the name of the validation metric that picks the best epoch.
+
+    ``auto`` class weights come from the labelled pixels the data checks counted (folders) or
+    from up to 256 rendered masks (synthetic data).
+    """
     if task != "segmentation":
         return nn.CrossEntropyLoss().to(config.device), "accuracy"
     weights = None
     if config.class_weights == "auto":
-        weights = compute_class_weights(train_set, num_classes, max_items=256)
-    elif config.class_weights not in (None, "none"):
-        raise SegdeployError(
-            f"--class-weights must be 'auto' or 'none', found {config.class_weights!r}"
-        )
+        counted = data.summary.train.per_class
+        if counted is not None:
+            weights = weights_from_counts(list(counted.values()), config.data)
+        else:
+            weights = compute_class_weights(data.train_set, num_classes, max_items=256)
     criterion = build_loss(config.loss, class_weights=weights, ignore_index=IGNORE_INDEX)
     return criterion.to(config.device), "mIoU"
 
@@ -253,22 +280,27 @@ def prepare_training(config: TrainConfig) -> TrainingSetup:
             bad size, missing data or weights, CUDA asked for but absent).
     """
     spec = get_spec(config.arch)
-    size = check_config(config, spec)
+    check_config(config, spec)
     generator = seed_everything(config.seed)
-    data = build_training_data(config, spec.task, size, size_multiple=spec.size_multiple)
+    data = build_training_data(config, spec.task, spec.train_size, spec.size_multiple)
+    config = planned_config(config, data.plan)
+    size = config.img_size
     train_set, class_names, data_description = data.train_set, data.class_names, data.description
     variant = spec.resolve_variant(config.variant)
     model_kwargs = spec.variant_kwargs(variant)
     card = _untrained_card(spec, class_names, model_kwargs, size, config.mask_values)
     val_items = _validation_items(config, card)
     model = _build_model(config, spec, len(class_names), model_kwargs)
-    criterion, metric_name = _build_criterion(config, spec.task, train_set, len(class_names))
+    criterion, metric_name = _build_criterion(config, spec.task, data, len(class_names))
+    workers = data.plan.loader_workers
     train_loader = DataLoader(
         train_set,
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=len(train_set) > config.batch_size,
         generator=generator,
+        num_workers=workers,
+        persistent_workers=workers > 0,
     )
     trainable, optimizer, scheduler = _build_optimizer(config, model, len(train_loader))
     return TrainingSetup(
@@ -281,6 +313,7 @@ def prepare_training(config: TrainConfig) -> TrainingSetup:
         data_description=f"{data_description}; validated on {len(val_items)} images at their "
         f"own size through the '{card.input.resize}' input contract",
         data_summary=data.summary,
+        plan=data.plan,
         model=model,
         criterion=criterion,
         metric_name=metric_name,
@@ -351,6 +384,7 @@ def training_record(setup: TrainingSetup, best: EpochRecord) -> dict[str, Any]:
         "validation": best.details,
         "data": setup.data_description,
         "data_summary": setup.data_summary.to_dict(),
+        "plan": setup.plan.to_dict(),
         "img_size": setup.size,
         **_mask_values_record(config.mask_values),
         "loss": config.loss if setup.spec.task == "segmentation" else "ce",
@@ -574,8 +608,8 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     setup = prepare_training(config)
     run = resume_run(setup, *resumed) if resumed else RunState(setup.card)
     started = time.perf_counter()
-    progress.data_ready(setup.data_summary.lines())
-    progress.run_started(config.epochs, len(setup.train_loader))
+    progress.data_ready([*setup.data_summary.lines(), *setup.plan.lines()])
+    progress.run_started(setup.config.epochs, len(setup.train_loader))
     try:
         _run_epochs(setup, run, progress)
     finally:

@@ -256,13 +256,14 @@ def test_classification_folder_errors(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_class_weights_inverse_frequency() -> None:
+def test_auto_class_weights_are_median_frequency() -> None:
     # class 0: 6 pixels, class 1: 2 pixels, class 2: 0 pixels; 255 ignored
     mask = torch.tensor([[0, 0, 0, 0, 0, 0, 1, 1, 255, 255]])
     dataset = [(torch.zeros(3, 1, 10), mask)]
     w = compute_class_weights(dataset, num_classes=3)
     assert w.dtype == torch.float32 and w.shape == (3,)
     assert w.mean().item() == pytest.approx(1.0)
+    # median of the present classes' counts (6, 2) is 4: weights 4/6 and 4/2, 3x apart
     assert w[1].item() == pytest.approx(3 * w[0].item())  # 3x rarer -> 3x heavier
     assert w[2].item() == pytest.approx(w[1].item())  # unseen class: max weight, never 0
 
