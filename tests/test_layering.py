@@ -24,7 +24,7 @@ RANK["cli"] = 5
 TORCH_FREE = ("core", "data", "runtime")
 HEAVY = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim")
 #: Modules of the export package that work on ONNX files only: onnx is fine, torch is not.
-ONNX_ONLY = ("contract", "onnx_file", "gates", "quantize", "fp16")
+ONNX_ONLY = ("contract", "onnx_file", "gates", "quantize", "fp16", "end_to_end")
 
 
 def stage_modules() -> list[tuple[str, Path]]:

@@ -52,6 +52,14 @@ def export(
     shapes: Annotated[
         str | None, typer.Option(help=f"Parity shapes, [B x] H x W \\[default: {PARITY_SHAPES}].")
     ] = None,
+    end_to_end: Annotated[
+        bool,
+        typer.Option(
+            "--end-to-end",
+            help="Also write <name>.e2e.onnx: uint8 image in, class mask out, pre- and "
+            "post-processing inside the graph (checked against predict).",
+        ),
+    ] = False,
 ) -> None:
     """Export a checkpoint to ONNX; refuse to finish if ONNX Runtime disagrees with PyTorch."""
     from segdeploy.export import export_checkpoint
@@ -73,6 +81,23 @@ def export(
         f"parity {seconds['parity']:.1f}s"
     )
     console.print(f"wrote [bold]{result.onnx_path}[/] and {result.report_path}")
+    if end_to_end:
+        _export_end_to_end(result.onnx_path)
+
+
+def _export_end_to_end(onnx_path: Path) -> None:
+    """The end-to-end graph beside a fresh export, and one line of its parity gate."""
+    from segdeploy.export.end_to_end import export_end_to_end
+
+    with console.status(f"building and checking the end-to-end graph of {onnx_path}"):
+        # An x.e2e.onnx already there was made from an x.onnx that this export just replaced.
+        result = export_end_to_end(onnx_path, force=True)
+    report = result.report
+    console.print(
+        f"end-to-end graph: {report.agreement:.4%} of {report.task} results equal predict's on "
+        f"{len(report.images)} images (score error {report.score_error:.1g}); "
+        f"wrote [bold]{result.path}[/]"
+    )
 
 
 def verify(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from segdeploy.cli.console import console, err_console
@@ -17,6 +18,7 @@ from segdeploy.cli.errors import EXIT_ERROR
 from segdeploy.runtime.files import DEFAULT_BATCH_SIZE
 from segdeploy.runtime.model import DEFAULT_PROVIDER
 from segdeploy.runtime.session import ALL_CORES
+from segdeploy.runtime.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE
 
 
 def predict(
@@ -34,8 +36,26 @@ def predict(
         int, typer.Option(min=1, help="Images per session call.")
     ] = DEFAULT_BATCH_SIZE,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads; 0 = all cores.")] = ALL_CORES,
+    tile: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Run every image as overlapping N x N windows with blended logits (a multiple "
+            f"of the model's size multiple); 0 = only images over --max-pixels, {DEFAULT_TILE} px.",
+        ),
+    ] = 0,
+    overlap: Annotated[
+        int, typer.Option(min=0, help="Pixels neighbouring windows share and blend.")
+    ] = DEFAULT_OVERLAP,
+    max_pixels: Annotated[
+        int, typer.Option(min=0, help="Tile images with more pixels than this; 0 = never.")
+    ] = DEFAULT_MAX_PIXELS,
 ) -> None:
-    """Run MODEL.onnx on images: class-index PNG masks, or predictions.csv for classifiers."""
+    """Run MODEL.onnx on images: class-index PNG masks, or predictions.csv for classifiers.
+
+    Segmentation images over --max-pixels run as overlapping windows (memory bounded by the
+    window, not the image); classifiers always see the whole image.
+    """
     from segdeploy.runtime import open_model
     from segdeploy.runtime.files import collect_images, plan_outputs
 
@@ -43,13 +63,25 @@ def predict(
     if overlay and model.card.task == "classification":
         err_console.print("--overlay draws segmentation masks; a classifier writes only its CSV")
         overlay = False
+    tiling = {"tile": tile or None, "overlap": overlap, "max_pixels": max_pixels or None}
+    if model.card.task == "segmentation":
+        model.check_tiling(tiling["tile"], overlap)  # before the progress bar starts
+    elif tile:
+        err_console.print("--tile splits segmentation inputs; a classifier sees the whole image")
     paths = collect_images(inputs, exclude=out)
     plan_outputs(model, paths, out, overlay)  # refuse to overwrite inputs before the bar starts
     console.print(
         f"{model.card.arch} ({model.card.task}, {model.card.num_classes} classes) on "
         f"[bold]{model.provider}[/], {len(paths)} images -> {out}"
     )
-    summary = _predict_with_progress_bar(model, paths, out, overlay, batch_size)
+    summary = _predict_with_progress_bar(model, paths, out, overlay, batch_size, tiling)
+    _print_summary(summary, out)
+    if summary.failed:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _print_summary(summary, out: Path) -> None:
+    """The run's figures, what was written, and one line per skipped image."""
     table = Table(title=f"predict on {summary.provider}", title_justify="left")
     for column in ("images", "failed", "seconds", "images/s"):
         table.add_column(column, justify="right")
@@ -60,15 +92,17 @@ def predict(
         f"{summary.images_per_second:.2f}",
     )
     console.print(table)
+    if summary.tiled:
+        console.print(f"{summary.tiled} of {summary.images} images ran as overlapping tiles")
     written = "predictions.csv" if summary.task == "classification" else "masks"
     console.print(f"wrote {written} under [bold]{out}[/]")
     for _, reason in summary.failed:
         err_console.print(f"[red]- skipped: {reason}", highlight=False, soft_wrap=True)
-    if summary.failed:
-        raise typer.Exit(EXIT_ERROR)
 
 
-def _predict_with_progress_bar(model, paths: list[Path], out: Path, overlay: bool, batch_size: int):
+def _predict_with_progress_bar(
+    model, paths: list[Path], out: Path, overlay: bool, batch_size: int, tiling: dict
+):
     """:func:`~segdeploy.runtime.files.predict_files` under a progress bar; its summary."""
     from rich.progress import (
         BarColumn,
@@ -90,6 +124,7 @@ def _predict_with_progress_bar(model, paths: list[Path], out: Path, overlay: boo
             overlay=overlay,
             batch_size=batch_size,
             progress_callback=lambda path, error: progress.advance(task),
+            **tiling,
         )
 
 
@@ -138,5 +173,5 @@ def list_architectures() -> None:
         spec = get_spec(name)
         default = spec.default_variant
         variants = [f"{v} (default)" if v == default else v for v in spec.variants]
-        table.add_row(name, spec.task, ", ".join(variants), spec.description)
+        table.add_row(name, spec.task, ", ".join(variants), escape(spec.description))
     console.print(table)

@@ -1,8 +1,9 @@
 """What segdeploy writes and how it names it: precisions, variant files, reports, metadata keys.
 
 An FP32 export ``x.onnx`` may have variants ``x.fp16.onnx`` and ``x.int8.onnx`` beside it, a
-parity report ``x.parity.json`` and one gate report per variant (``x.int8.gate.json``); every stage
-finds them through the functions here.
+parity report ``x.parity.json``, one gate report per variant (``x.int8.gate.json``) and an
+end-to-end graph ``x.e2e.onnx`` (uint8 image in, class mask out); every stage finds them through
+the functions here.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ CALIBRATION_KEY = "segdeploy.calibration"
 PARENT_SHA256_KEY = "segdeploy.parent_sha256"
 #: The accuracy gate's result (JSON) that let a variant be written.
 GATE_KEY = "segdeploy.gate"
+#: Marks an end-to-end graph (``x.e2e.onnx``): its input/output description and parity result.
+END_TO_END_KEY = "segdeploy.end_to_end"
 #: The command that makes each variant, for messages that tell the user how to re-create one.
 VARIANT_COMMANDS = {"int8": "quantize", "fp16": "convert-fp16"}
 
@@ -43,9 +46,17 @@ def variant_path(onnx_path: str | Path, precision: str) -> Path:
     return onnx_path.with_name(f"{onnx_path.stem}.{precision}.onnx")
 
 
+def end_to_end_path(onnx_path: str | Path) -> Path:
+    """Where the end-to-end graph made from an export lives: ``x.onnx`` -> ``x.e2e.onnx``."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(f"{onnx_path.stem}.e2e.onnx")
+
+
 def is_variant(onnx_path: str | Path) -> bool:
-    """Whether a file name is that of a variant (``x.int8.onnx``) rather than an FP32 export."""
-    return Path(onnx_path).name.endswith(tuple(f".{p}.onnx" for p in VARIANT_PRECISIONS))
+    """Whether a file name is that of a file made from an export (``x.int8.onnx``,
+    ``x.e2e.onnx``) rather than an FP32 export."""
+    suffixes = (*(f".{p}.onnx" for p in VARIANT_PRECISIONS), ".e2e.onnx")
+    return Path(onnx_path).name.endswith(suffixes)
 
 
 def default_export_path(checkpoint: str | Path) -> Path:

@@ -16,6 +16,7 @@ model sees the same pixels at serving time as in training:
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -89,10 +90,7 @@ def _open(path: Path, name: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DataError(
-            f"{name}: expected at most {Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
-            f", found more; refusing it as a possible decompression bomb ({err})"
-        ) from None
+        raise _too_many_pixels(name, err) from None
     except UnidentifiedImageError:
         raise DataError(
             f"{name}: expected an image file, found data Pillow cannot identify as an image"
@@ -105,6 +103,20 @@ def _open(path: Path, name: str) -> Image.Image:
         image.close()
         raise
     return image
+
+
+def _too_many_pixels(name: str, err: Exception) -> DataError:
+    """The one sentence for an image over Pillow's pixel limit, which is checked from the header
+    before anything is decoded (decoding is the only step whose memory grows with the image:
+    3 bytes a pixel; tiled prediction bounds the rest)."""
+    declared = re.search(r"\((\d+) pixels\)", str(err))  # Pillow: "Image size (N pixels) ..."
+    found = f"{int(declared.group(1)):,}" if declared else "more"
+    return DataError(
+        f"{name}: expected at most {Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's "
+        f"decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS), found {found}; refusing it "
+        "as a possible decompression bomb: split the image into smaller files, or raise that "
+        "limit from Python if you trust the file"
+    )
 
 
 def _load_pixels(image: Image.Image, name: str) -> None:

@@ -7,6 +7,7 @@
     gates        accuracy and precision parity of INT8/FP16 variants (torch-free)
     quantize     static INT8 for CPU behind the accuracy gate (torch-free)
     fp16         FP16 variant for CUDA (torch-free)
+    end_to_end   one graph from uint8 image to class mask, gated against the runtime (torch-free)
 
 Names are loaded on first use, so ``segdeploy.export.quantize`` works without torch installed
 while ``from segdeploy.export import export_checkpoint`` still reads naturally.
@@ -31,6 +32,9 @@ _LAZY = {
     "read_card": "onnx_file",
     "quantize_int8": "quantize",
     "convert_fp16": "fp16",
+    "build_end_to_end": "end_to_end",
+    "check_end_to_end": "end_to_end",
+    "export_end_to_end": "end_to_end",
 }
 __all__ = sorted(_LAZY)
 __getattr__ = lazy_attributes(__name__, _LAZY)

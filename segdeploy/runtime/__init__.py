@@ -9,13 +9,20 @@ Example::
 
     model = open_model("exports/unet.onnx")  # the model card travels inside the file
     mask = model.predict("street.jpg")  # (H, W) uint8 class indices, the image's size
+    # Images over DEFAULT_MAX_PIXELS run as overlapping windows with blended logits
+    # (segdeploy.runtime.tiling); tile= and overlap= ask for it at any size.
+    mask = model.predict("aerial.png", tile=512, overlap=64)
 """
 
 from segdeploy.runtime.model import ClassificationModel, SegmentationModel, open_model
 from segdeploy.runtime.preprocess import load_image
 from segdeploy.runtime.session import SessionOptions, create_session, usable_providers
+from segdeploy.runtime.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_OVERLAP",
+    "DEFAULT_TILE",
     "ClassificationModel",
     "SegmentationModel",
     "SessionOptions",

@@ -22,6 +22,7 @@ from segdeploy.core.fileio import atomic_write
 from segdeploy.core.images import load_image
 from segdeploy.runtime import postprocess
 from segdeploy.runtime.model import ClassificationModel, SegmentationModel
+from segdeploy.runtime.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP
 
 #: File extensions (lower case) that :func:`collect_images` picks up in folders.
 IMAGE_EXTENSIONS = frozenset(
@@ -44,6 +45,8 @@ class PredictSummary:
         provider: the provider that ran the model (``cpu`` / ``cuda``).
         images: images predicted and written.
         failed: ``(path, reason)`` of every image that could not be read; it was skipped.
+        tiled: images that ran as overlapping windows (segmentation, see
+            :mod:`segdeploy.runtime.tiling`).
         seconds: wall time of the whole run (reading, inference, writing).
         outputs: files written.
     """
@@ -52,6 +55,7 @@ class PredictSummary:
     provider: str
     images: int = 0
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    tiled: int = 0
     seconds: float = 0.0
     outputs: list[Path] = field(default_factory=list)
 
@@ -186,6 +190,9 @@ def predict_files(
     overlay: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress_callback: ProgressCallback | None = None,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> PredictSummary:
     """Predict every image in ``paths`` and write the results under ``out_dir``.
 
@@ -198,39 +205,36 @@ def predict_files(
         batch_size: images per session call (images of different padded sizes are still run
             separately, see :meth:`SegmentationModel.predict_batch`).
         progress_callback: called as ``(path, error or None)`` after each image.
+        tile, overlap, max_pixels: segmentation only: tiled prediction of large images, as for
+            :meth:`SegmentationModel.predict`. A batch's decoded images are in memory at once
+            (3 bytes a pixel): keep ``batch_size=1`` for very large images.
 
     Returns:
         a :class:`PredictSummary`; unreadable images are listed in ``failed``, not raised.
 
     Raises:
-        SegdeployError: an output would overwrite an input, the output folder is not writable.
+        SegdeployError: an output would overwrite an input, the output folder is not writable,
+            tiling options the model cannot use.
     """
     if batch_size < 1:
         raise SegdeployError(f"batch size: expected at least 1, found {batch_size}")
     paths = [Path(p) for p in paths]
     out_dir = Path(out_dir)
     segmentation = isinstance(model, SegmentationModel)
+    tiling = {"tile": tile, "overlap": overlap, "max_pixels": max_pixels} if segmentation else {}
+    if segmentation:
+        model.check_tiling(tile, overlap)  # one sentence before any image is read
     names = output_names(paths) if paths else []
     plan_outputs(model, paths, out_dir, overlay)
 
     summary = PredictSummary(task=model.card.task, provider=model.provider)
     report = progress_callback or (lambda path, error: None)
-    colours = model.palette if segmentation else []
     rows: list[list[str]] = []
     started = time.perf_counter()
     for chunk in _batches(list(zip(paths, names, strict=True)), batch_size):
         loaded = _load_chunk(model, chunk, summary, report)
-        if not loaded:
-            continue
-        results = model.predict_batch([image for _, _, image in loaded])
-        for (path, name, image), result in zip(loaded, results, strict=True):
-            if segmentation:
-                summary.outputs += _write_masks(out_dir / name, image, result, colours, overlay)
-            else:
-                label, probabilities = result
-                rows.append([str(path), label, *(f"{p:.6f}" for p in probabilities)])
-            summary.images += 1
-            report(path, None)
+        if loaded:
+            rows += _predict_chunk(model, loaded, out_dir, overlay, tiling, summary, report)
     if not segmentation and rows:
         target = out_dir / CSV_NAME
         header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
@@ -238,6 +242,33 @@ def predict_files(
         summary.outputs.append(target)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _predict_chunk(
+    model: SegmentationModel | ClassificationModel,
+    loaded: list,
+    out_dir: Path,
+    overlay: bool,
+    tiling: dict,
+    summary: PredictSummary,
+    report: ProgressCallback,
+) -> list[list[str]]:
+    """Predict the loaded ``(path, name, pixels)`` of one batch and write their masks (recorded
+    in ``summary``); the CSV rows of a classifier's predictions."""
+    images = [image for _, _, image in loaded]
+    rows = []
+    if isinstance(model, SegmentationModel):
+        summary.tiled += sum(model.tile_grid(*i.shape[:2], **tiling) is not None for i in images)
+    results = model.predict_batch(images, **tiling)
+    for (path, name, image), result in zip(loaded, results, strict=True):
+        if isinstance(model, SegmentationModel):
+            summary.outputs += _write_masks(out_dir / name, image, result, model.palette, overlay)
+        else:
+            label, probabilities = result
+            rows.append([str(path), label, *(f"{p:.6f}" for p in probabilities)])
+        summary.images += 1
+        report(path, None)
+    return rows
 
 
 def _load_chunk(model, chunk, summary: PredictSummary, report: ProgressCallback) -> list:

@@ -20,6 +20,7 @@ import onnxruntime as ort
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.preprocess import normalise
+from segdeploy.runtime import tiling
 from segdeploy.runtime.postprocess import Palette, argmax_mask, palette, softmax
 from segdeploy.runtime.preprocess import ImageSource, load_image
 from segdeploy.runtime.session import (
@@ -28,6 +29,7 @@ from segdeploy.runtime.session import (
     create_session,
     session_provider,
 )
+from segdeploy.runtime.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, TileGrid
 
 #: Where :func:`open_model` runs a model unless told: CUDA when it really works, else CPU.
 DEFAULT_PROVIDER = "auto"
@@ -117,24 +119,117 @@ class _Model:
 
 
 class SegmentationModel(_Model):
-    """A segmentation export: images in, ``(H, W)`` uint8 class-index masks out."""
+    """A segmentation export: images in, ``(H, W)`` uint8 class-index masks out.
+
+    Images with more than ``max_pixels`` pixels (default :data:`~tiling.DEFAULT_MAX_PIXELS`) run
+    as overlapping windows whose logits are blended (:mod:`segdeploy.runtime.tiling`), so memory
+    is bounded by the window, not the image; smaller images run whole, as one session call.
+    """
 
     @property
     def palette(self) -> Palette:
         """One colour per class, background black (see :func:`postprocess.palette`)."""
         return palette(self.card.num_classes)
 
-    def predict(self, image: ImageSource) -> np.ndarray:
-        """``(H, W)`` uint8 class indices, the same height and width as ``image``."""
-        return self.predict_batch([image])[0]
+    def predict(
+        self,
+        image: ImageSource,
+        *,
+        tile: int | None = None,
+        overlap: int = DEFAULT_OVERLAP,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> np.ndarray:
+        """``(H, W)`` uint8 class indices, the same height and width as ``image``.
 
-    def predict_batch(self, images: Sequence[ImageSource]) -> list[np.ndarray]:
-        """One mask per image, in order; images may differ in size."""
-        return [argmax_mask(self._image_logits(result)) for result in self._forward(images)]
+        Args:
+            image: a path, a PIL image or an ``(H, W[, C])`` uint8 array.
+            tile: run the image as overlapping ``tile`` x ``tile`` windows (a multiple of the
+                card's size multiple) whatever its size; ``None`` tiles automatically.
+            overlap: pixels neighbouring windows share (rounded up so that windows stay on the
+                model's size-multiple grid); their logits are cross-faded there.
+            max_pixels: without ``tile``, images with more pixels than this run as
+                :data:`~tiling.DEFAULT_TILE` windows; ``None`` always runs images whole.
 
-    def logits(self, image: ImageSource) -> np.ndarray:
-        """``(K, H, W)`` float32 class scores cropped to the image's size (for parity checks)."""
-        return np.ascontiguousarray(self._image_logits(self._forward([image])[0]))
+        Raises:
+            SegdeployError: an unreadable image, a tile that is not a multiple of the size
+                multiple, an overlap over ``tile`` minus the size multiple, or ``tile`` for a
+                model whose input contract resizes the image (only ``pad`` can be tiled).
+        """
+        return self.predict_batch([image], tile=tile, overlap=overlap, max_pixels=max_pixels)[0]
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageSource],
+        *,
+        tile: int | None = None,
+        overlap: int = DEFAULT_OVERLAP,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> list[np.ndarray]:
+        """One mask per image, in order; images may differ in size. Options as for
+        :meth:`predict`: images it tiles run window by window, the others share session calls."""
+        arrays = [self._load(image) for image in images]
+        grids = [self.tile_grid(*a.shape[:2], tile, overlap, max_pixels) for a in arrays]
+        whole = [index for index, grid in enumerate(grids) if grid is None]
+        masks: list[np.ndarray] = [None] * len(arrays)  # type: ignore[list-item]
+        for index, result in zip(whole, self._forward([arrays[i] for i in whole]), strict=True):
+            masks[index] = argmax_mask(self._image_logits(result))
+        for index, grid in enumerate(grids):
+            if grid is not None:
+                masks[index] = tiling.tiled_mask(
+                    arrays[index], self._window_logits, self.card.num_classes, grid
+                )
+        return masks
+
+    def logits(
+        self,
+        image: ImageSource,
+        *,
+        tile: int | None = None,
+        overlap: int = DEFAULT_OVERLAP,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> np.ndarray:
+        """``(K, H, W)`` float32 class scores cropped to the image's size (for parity checks);
+        tiled images give their blended logits. Options as for :meth:`predict`."""
+        array = self._load(image)
+        grid = self.tile_grid(*array.shape[:2], tile, overlap, max_pixels)
+        if grid is not None:
+            return tiling.tiled_logits(array, self._window_logits, self.card.num_classes, grid)
+        return np.ascontiguousarray(self._image_logits(self._forward([array])[0]))
+
+    def check_tiling(self, tile: int | None = None, overlap: int = DEFAULT_OVERLAP) -> None:
+        """Raise a :class:`SegdeployError` sentence for tiling options this model cannot use
+        (call it before a long run; :meth:`predict` checks them too)."""
+        multiple = self.card.size_multiple
+        if tile is not None and self.card.input.resize != "pad":
+            raise SegdeployError(
+                f"tile {tile}: only models that keep the image's size (input contract 'pad') "
+                f"can be tiled; {self.card.arch} resizes images ('{self.card.input.resize}'), "
+                "so it runs them whole"
+            )
+        tiling.check_tiling(tile or tiling.default_tile(multiple), overlap, multiple)
+
+    def tile_grid(
+        self,
+        height: int,
+        width: int,
+        tile: int | None = None,
+        overlap: int = DEFAULT_OVERLAP,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> TileGrid | None:
+        """The windows an image of ``height`` x ``width`` runs as, or ``None`` when it runs whole
+        (options as for :meth:`predict`). A model that resizes images never tiles."""
+        self.check_tiling(tile, overlap)
+        if self.card.input.resize != "pad":
+            return None
+        multiple = self.card.size_multiple
+        chosen = tiling.choose_tile(height, width, tile, max_pixels, multiple)
+        if chosen is None:
+            return None
+        return tiling.tile_grid(height, width, chosen, overlap, multiple)
+
+    def _window_logits(self, window: np.ndarray) -> np.ndarray:
+        """``(h, w, C)`` uint8 window -> ``(K, h, w)`` logits, padded and cropped as an image."""
+        return self._image_logits(self._forward([window])[0])
 
 
 class ClassificationModel(_Model):
