@@ -196,16 +196,32 @@ def score_predictions(pairs, task: str, num_classes: int) -> TaskScore:
     One confusion matrix over every pixel (or image) of the set, never an average of per-image
     scores. For classification the matrix gives accuracy and per-class recall.
     """
+    matrix, images = confusion_of_pairs(pairs, num_classes)
+    return score_confusion(matrix, task, images)
+
+
+def confusion_of_pairs(pairs, num_classes: int) -> tuple[np.ndarray, int]:
+    """The ``(C, C)`` confusion matrix of ``(prediction, label)`` pairs and how many there were.
+
+    Matrices of disjoint parts of a set add up to the set's matrix (distributed validation sums
+    them over processes), and :func:`score_confusion` scores the sum.
+    """
     confusion = ConfusionMatrix(num_classes)
     images = 0
     for prediction, label in pairs:
         confusion.update(np.asarray(prediction), np.asarray(label))
         images += 1
+    return confusion.matrix, images
+
+
+def score_confusion(matrix: np.ndarray, task: str, images: int) -> TaskScore:
+    """The :class:`TaskScore` of a confusion matrix of ``images`` images, as
+    :func:`score_predictions` reports it."""
     if task == "segmentation":
-        found = confusion.compute()
+        found = metrics_from_confusion(matrix)
         details = {"pixel_accuracy": found.pixel_accuracy, "fw_iou": found.fw_iou}
         return TaskScore("mIoU", found.miou, found.per_class_iou, details, images)
-    matrix = confusion.matrix.astype(np.float64)
+    matrix = np.asarray(matrix, dtype=np.float64)
     truth = matrix.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = np.where(truth > 0, np.diag(matrix) / np.where(truth > 0, truth, 1), np.nan)

@@ -73,6 +73,18 @@ def _random_crop(
     return crop_pair(image, mask, top, left, size)
 
 
+def _random_flip(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror image and mask left-right together, half of the time.
+
+    Segmentation folders get no scale augmentation: ``predict`` serves every image at its own
+    scale, and zooming crops in by 1-1.5x taught the model a scale it never serves (on the
+    eight-texture benchmark, best validation mIoU 0.72 with the zoom against 0.87 without).
+    """
+    if torch.rand(()) < 0.5:
+        return image[:, ::-1], mask[:, ::-1]
+    return image, mask
+
+
 def _random_flip_and_scale_crop(
     image: np.ndarray, mask: np.ndarray | None, max_scale: float = 1.5
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -212,7 +224,8 @@ class SegmentationFolder(SegmentationFiles, Dataset):
             bilinearly and masks with nearest neighbour. Without it items keep their native size.
         mean: per-channel normalisation mean (RGB, 0-1 scale).
         std: per-channel normalisation std.
-        augment: random horizontal flip and scale-crop, applied identically to image and mask.
+        augment: random horizontal flip, applied identically to image and mask (no zoom:
+            see :func:`_random_flip`).
         class_names: optional names; defaults to ``class_0``, ``class_1``, ...
         size_multiple: the model's size multiple (16 unless its architecture says otherwise).
         crop: optional (height, width), multiples of ``size_multiple``: each item is a random
@@ -253,7 +266,7 @@ class SegmentationFolder(SegmentationFiles, Dataset):
         if self.crop is not None:
             image, mask = _random_crop(image, mask, self.crop)
         if self.augment:
-            image, mask = _random_flip_and_scale_crop(image, mask)
+            image, mask = _random_flip(image, mask)
         # Masks never go through ToTensor, which would rescale labels to [0, 1].
         mask_t = torch.from_numpy(mask.astype(np.int64))  # (H, W)
         return _to_tensor(image, self.mean, self.std), mask_t

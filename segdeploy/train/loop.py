@@ -20,6 +20,10 @@ is built); after every epoch the best checkpoint (on improvement) and then the r
 written atomically, so Ctrl-C leaves both whole. ``config.resume`` continues such a run from the
 epoch after its last finished one, bit for bit as if it had never stopped
 (:func:`resume_run`).
+
+Started by torchrun with several processes, :func:`train` trains data-parallel: the loop calls a
+few hooks of :class:`~segdeploy.train.distributed.DistributedContext` (sampler, DDP-wrapped loss,
+summed confusion matrices, rank-0-only writes), which do nothing in a single process.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import dataclasses
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +44,7 @@ from torch.utils.data import DataLoader
 
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
-from segdeploy.core.metrics import IGNORE_INDEX, TaskScore, score_predictions
+from segdeploy.core.metrics import IGNORE_INDEX, TaskScore, confusion_of_pairs, score_confusion
 from segdeploy.data.samples import MASK_VALUES_KEY, LabelledImage, labelled_images
 from segdeploy.data.summary import DataSummary
 from segdeploy.models import ArchSpec, create_model, get_spec
@@ -60,6 +65,7 @@ from segdeploy.train.datasets import (
     compute_class_weights,
     weights_from_counts,
 )
+from segdeploy.train.distributed import SINGLE_PROCESS, DistributedContext, init_distributed
 from segdeploy.train.inference import TorchPredictor
 from segdeploy.train.losses import build_loss
 from segdeploy.train.plan import TrainingPlan
@@ -134,21 +140,30 @@ def predicted_label(predictor: TorchPredictor, image: np.ndarray) -> np.ndarray 
     return prediction
 
 
-def score_items(predictor: TorchPredictor, items: list[LabelledImage]) -> TaskScore:
+def score_items(
+    predictor: TorchPredictor,
+    items: list[LabelledImage],
+    dist: DistributedContext = SINGLE_PROCESS,
+) -> TaskScore:
     """The task metric of ``predictor`` over labelled images, each at its own size.
 
-    One confusion matrix over the whole set (:func:`~segdeploy.core.metrics.score_predictions`).
+    One confusion matrix over the whole set (as :func:`~segdeploy.core.metrics.score_predictions`
+    builds it); in a run of several processes each scores its shard of ``items`` and the
+    matrices are summed over the processes before the metric is computed.
     """
     card = predictor.card
-    pairs = ((predicted_label(predictor, item.pixels), item.label) for item in items)
-    return score_predictions(pairs, card.task, card.num_classes)
+    pairs = ((predicted_label(predictor, item.pixels), item.label) for item in dist.shard(items))
+    matrix, images = dist.sum_counts(*confusion_of_pairs(pairs, card.num_classes))
+    return score_confusion(matrix, card.task, images)
 
 
 @dataclass
 class TrainingSetup:
     """Everything the epochs need, built once by :func:`prepare_training`.
 
-    ``card`` has no training record yet; ``variant`` is the resolved variant name.
+    ``card`` has no training record yet; ``variant`` is the resolved variant name; ``loss_of``
+    maps ``(images, targets)`` to the training loss (through DDP in a run of several
+    processes); ``dist`` is this process's place in such a run.
     """
 
     config: TrainConfig
@@ -168,6 +183,8 @@ class TrainingSetup:
     trainable: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    dist: DistributedContext = SINGLE_PROCESS
 
 
 def check_config(config: TrainConfig, spec: ArchSpec) -> None:
@@ -272,8 +289,11 @@ def _untrained_card(spec: ArchSpec, class_names, model_kwargs, size: int, mask_v
     )
 
 
-def prepare_training(config: TrainConfig) -> TrainingSetup:
-    """Check ``config``, seed, then build data, model, loss, loaders and optimiser.
+def prepare_training(
+    config: TrainConfig, dist: DistributedContext = SINGLE_PROCESS
+) -> TrainingSetup:
+    """Check ``config``, seed, then build data, model, loss, loaders and optimiser (for this
+    process's part of a distributed run when ``dist`` says so).
 
     Raises:
         SegdeployError: anything in ``config`` that cannot train (unknown arch or variant,
@@ -290,18 +310,11 @@ def prepare_training(config: TrainConfig) -> TrainingSetup:
     model_kwargs = spec.variant_kwargs(variant)
     card = _untrained_card(spec, class_names, model_kwargs, size, config.mask_values)
     val_items = _validation_items(config, card)
-    model = _build_model(config, spec, len(class_names), model_kwargs)
+    model = dist.prepare_model(_build_model(config, spec, len(class_names), model_kwargs))
     criterion, metric_name = _build_criterion(config, spec.task, data, len(class_names))
-    workers = data.plan.loader_workers
-    train_loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(train_set) > config.batch_size,
-        generator=generator,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-    )
+    # Model and class weights come out the same on every rank; what follows draws per rank.
+    dist.seed_rank(config.seed, generator)
+    train_loader = _train_loader(config, train_set, generator, data.plan.loader_workers, dist)
     trainable, optimizer, scheduler = _build_optimizer(config, model, len(train_loader))
     return TrainingSetup(
         config=config,
@@ -322,18 +335,39 @@ def prepare_training(config: TrainConfig) -> TrainingSetup:
         trainable=trainable,
         optimizer=optimizer,
         scheduler=scheduler,
+        loss_of=dist.loss_function(model, criterion, _training_loss),
+        dist=dist,
+    )
+
+
+def _train_loader(
+    config: TrainConfig, train_set, generator, workers: int, dist: DistributedContext
+) -> DataLoader:
+    """Shuffled batches of ``train_set`` (of this process's shard in a distributed run)."""
+    sampler = dist.sampler(train_set, config.seed)
+    count = len(train_set) if sampler is None else len(sampler)
+    return DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=count > config.batch_size,
+        generator=generator,
+        num_workers=workers,
+        persistent_workers=workers > 0,
     )
 
 
 def train_one_epoch(setup: TrainingSetup, progress: TrainProgress) -> float:
-    """One pass over the training loader; returns the mean training loss."""
+    """One pass over the training loader; returns the mean training loss (over every process's
+    steps in a distributed run)."""
     config, model = setup.config, setup.model
     model.train()
     freeze_frozen_batchnorm(model)
     running = 0.0
     for step, (images, targets) in enumerate(setup.train_loader, start=1):
         images, targets = images.to(config.device), targets.to(config.device)
-        loss = _training_loss(model, images, targets, setup.criterion)
+        loss = setup.loss_of(images, targets)
         setup.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(setup.trainable, config.grad_clip)
@@ -341,7 +375,7 @@ def train_one_epoch(setup: TrainingSetup, progress: TrainProgress) -> float:
         setup.scheduler.step()
         running += loss.item()
         progress.step_done(step, running / step)
-    return running / len(setup.train_loader)
+    return setup.dist.mean(running / len(setup.train_loader))
 
 
 def validation_details(score: TaskScore) -> dict[str, Any]:
@@ -362,9 +396,11 @@ def validate(setup: TrainingSetup) -> tuple[float, dict[str, Any]]:
     """The validation metric (mIoU or accuracy) and its details, over the whole validation set.
 
     Each image goes through the card's input contract at its own size, as ``predict`` serves it.
+    In a distributed run every process validates rank 0's model on its shard of the images.
     """
+    setup.dist.broadcast_buffers(setup.model)
     predictor = TorchPredictor(setup.model, setup.card, setup.config.device)
-    score = score_items(predictor, setup.val_items)
+    score = score_items(predictor, setup.val_items, setup.dist)
     return score.metric, validation_details(score)
 
 
@@ -392,6 +428,7 @@ def training_record(setup: TrainingSetup, best: EpochRecord) -> dict[str, Any]:
         "variant": setup.variant,
         **({"finetune": _finetune(config, setup.spec)} if setup.spec.finetune else {}),
         **({"pretrained": Path(config.pretrained).name} if config.pretrained else {}),
+        **setup.dist.card_entry(setup.model, config.batch_size),
     }
 
 
@@ -467,7 +504,13 @@ def run_identity(setup: TrainingSetup) -> dict[str, Any]:
 
 def trainer_state(setup: TrainingSetup, run: RunState) -> dict[str, Any]:
     """Everything needed to continue after ``run.epoch``, as plain data: optimiser, scheduler,
-    epoch, best metric and epoch, history, RNG states and the run's identity."""
+    epoch, best metric and epoch, history, RNG states and the run's identity.
+
+    In a distributed run also the number of processes and every rank's RNG states
+    (:meth:`~segdeploy.train.distributed.DistributedContext.trainer_entries`, which every rank
+    must call).
+    """
+    rng = capture_rng(setup.train_loader.generator, setup.config.device)
     return {
         "epoch": run.epoch,
         "best_metric": float(run.best_metric),
@@ -475,8 +518,9 @@ def trainer_state(setup: TrainingSetup, run: RunState) -> dict[str, Any]:
         "history": _plain([asdict(record) for record in run.history]),
         "optimizer": _plain(setup.optimizer.state_dict()),
         "scheduler": _plain(setup.scheduler.state_dict()),
-        "rng": capture_rng(setup.train_loader.generator, setup.config.device),
+        "rng": rng,
         "run": run_identity(setup),
+        **setup.dist.trainer_entries(rng),
     }
 
 
@@ -534,8 +578,10 @@ def resume_run(
 ) -> RunState:
     """Load the saved run into ``setup`` (weights, optimiser, scheduler, RNG) and return where it
     stood; refuses a run of another architecture, variant, data, size or classes, or one that
-    already trained ``config.epochs`` epochs."""
+    already trained ``config.epochs`` epochs (or, distributed, with another number of processes;
+    each rank restores its own RNG states)."""
     config, resume = setup.config, Path(setup.config.resume)
+    setup.dist.check_resume(trainer, resume)
     saved, current = trainer["run"], run_identity(setup)
     for key, value in current.items():
         if saved.get(key) != value:
@@ -551,7 +597,7 @@ def resume_run(
     setup.model.load_state_dict(weights)
     setup.optimizer.load_state_dict(trainer["optimizer"])
     setup.scheduler.load_state_dict(trainer["scheduler"])
-    restore_rng(trainer["rng"], setup.train_loader.generator)
+    restore_rng(setup.dist.own_rng(trainer), setup.train_loader.generator)
     history = [EpochRecord(**record) for record in trainer["history"]]
     run = RunState(setup.card, trainer["epoch"], trainer["best_metric"], trainer["best_epoch"])
     run.history = history
@@ -559,16 +605,19 @@ def resume_run(
         run.card = setup.card.replace(training=training_record(setup, history[run.best_epoch - 1]))
         # The output holds the best epoch even if no later epoch beats it (resumed into another
         # file), with this run's card (a larger --epochs).
-        best_weights = read_checkpoint(_resume_paths(resume)[0])[1]
-        save_weights(best_weights, run.card, setup.out)
+        if setup.dist.is_main:
+            best_weights = read_checkpoint(_resume_paths(resume)[0])[1]
+            save_weights(best_weights, run.card, setup.out)
     return run
 
 
 def _run_epochs(setup: TrainingSetup, run: RunState, progress: TrainProgress) -> None:
-    """Train and validate from ``run.epoch + 1`` to ``config.epochs``, saving after each."""
-    config, steps = setup.config, len(setup.train_loader)
+    """Train and validate from ``run.epoch + 1`` to ``config.epochs``, saving after each (rank
+    0 alone in a distributed run)."""
+    config, steps, main = setup.config, len(setup.train_loader), setup.dist.is_main
     for epoch in range(run.epoch + 1, config.epochs + 1):
         epoch_started = time.perf_counter()
+        setup.dist.set_epoch(setup.train_loader.sampler, epoch)
         progress.epoch_started(epoch, config.epochs, steps)
         train_loss = train_one_epoch(setup, progress)
         metric, details = validate(setup)
@@ -581,11 +630,13 @@ def _run_epochs(setup: TrainingSetup, run: RunState, progress: TrainProgress) ->
         if improved:
             run.best_metric, run.best_epoch = metric, epoch
             run.card = run.card.replace(training=training_record(setup, record))
-            save_checkpoint(setup.model, run.card, setup.out)
+            if main:
+                save_checkpoint(setup.model, run.card, setup.out)
         # After the best file: a stop between the two leaves a state one epoch behind, whose
         # resumed epoch rewrites the same best file (never a state ahead of the best file).
         trainer = trainer_state(setup, run)
-        save_checkpoint(setup.model, run.card, state_path(setup.out), trainer)
+        if main:
+            save_checkpoint(setup.model, run.card, state_path(setup.out), trainer)
 
 
 def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainResult:
@@ -597,15 +648,32 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
         progress: told about every epoch and step; ``None`` trains silently
             (``RichTrainProgress(console)`` is the CLI's display).
 
+    Started by torchrun with several processes, each trains its share with
+    DistributedDataParallel and rank 0 alone reports to ``progress`` and writes the files (see
+    :mod:`segdeploy.train.distributed`).
+
     Raises:
         SegdeployError: see :func:`prepare_training`, :func:`check_output`,
-            :func:`read_resume` and :func:`resume_run`.
+            :func:`read_resume`, :func:`resume_run` and
+            :func:`~segdeploy.train.distributed.init_distributed`.
         KeyboardInterrupt: Ctrl-C; the files of the last finished epoch stay whole.
     """
+    dist, device = init_distributed(config.device)
+    try:
+        config = dataclasses.replace(config, device=device)
+        return _train(config, progress if dist.is_main else None, dist)
+    finally:
+        dist.finish()
+
+
+def _train(
+    config: TrainConfig, progress: TrainProgress | None, dist: DistributedContext
+) -> TrainResult:
+    """:func:`train` in this process (one of several when ``dist`` says so)."""
     progress = progress or TrainProgress()
     check_output(config)
     resumed = read_resume(config) if config.resume is not None else None
-    setup = prepare_training(config)
+    setup = prepare_training(config, dist)
     run = resume_run(setup, *resumed) if resumed else RunState(setup.card)
     started = time.perf_counter()
     progress.data_ready([*setup.data_summary.lines(), *setup.plan.lines()])
@@ -614,6 +682,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
         _run_epochs(setup, run, progress)
     finally:
         progress.run_finished()
+    dist.barrier()
     return TrainResult(
         checkpoint=setup.out,
         card=run.card,
