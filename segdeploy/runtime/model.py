@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.preprocess import normalise
 from segdeploy.runtime import tiling
+from segdeploy.runtime.engine import ort
 from segdeploy.runtime.postprocess import Palette, argmax_mask, palette, softmax
 from segdeploy.runtime.preprocess import ImageSource, load_image
 from segdeploy.runtime.session import (

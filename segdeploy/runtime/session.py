@@ -21,9 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import onnxruntime as ort
-
 from segdeploy.core.errors import ProviderUnavailableError, SegdeployError
+from segdeploy.runtime.engine import ort
 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PROVIDER_CHOICES = ("cpu", "cuda", "auto")

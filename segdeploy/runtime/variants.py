@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnxruntime as ort
-
 from segdeploy.core.artifacts import PARENT_SHA256_KEY, PRECISION_KEY, VARIANT_COMMANDS
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.fileio import file_sha256
+from segdeploy.runtime.engine import ort
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
