@@ -6,6 +6,7 @@ can be trained.
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,35 @@ from segdeploy.runtime.files import DEFAULT_BATCH_SIZE
 from segdeploy.runtime.model import DEFAULT_PROVIDER
 from segdeploy.runtime.session import ALL_CORES
 from segdeploy.runtime.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE
+
+
+class Engine(str, Enum):
+    """Where ``predict`` runs: this process, or a pool of Ray actors."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
+EngineOption = Annotated[
+    Engine,
+    typer.Option(
+        help="local, or ray: a pool of Ray actors (pip install 'segdeploy\\[ray]'); "
+        "RAY_ADDRESS joins an existing cluster."
+    ),
+]
+WorkersOption = Annotated[
+    int, typer.Option(min=1, help="--engine ray: actors, each with the model open once.")
+]
+
+
+def _ray_options(engine: Engine, workers: int, threads: int) -> dict | None:
+    """None for the local engine; for Ray (checked to be installed) its keyword arguments."""
+    if engine is not Engine.RAY:
+        return None
+    from segdeploy.runtime.ray_engine import import_ray
+
+    import_ray()  # one sentence with the install command
+    return {"workers": workers, "threads": threads}
 
 
 def predict(
@@ -50,6 +80,8 @@ def predict(
     max_pixels: Annotated[
         int, typer.Option(min=0, help="Tile images with more pixels than this; 0 = never.")
     ] = DEFAULT_MAX_PIXELS,
+    engine: EngineOption = Engine.LOCAL,
+    workers: WorkersOption = 2,
 ) -> None:
     """Run MODEL.onnx on images: class-index PNG masks, or predictions.csv for classifiers.
 
@@ -59,6 +91,7 @@ def predict(
     from segdeploy.runtime import open_model
     from segdeploy.runtime.files import collect_images, plan_outputs
 
+    ray = _ray_options(engine, workers, threads)  # Ray missing: one sentence, nothing run
     model = open_model(model_path, provider=provider, threads=threads)
     if overlay and model.card.task == "classification":
         err_console.print("--overlay draws segmentation masks; a classifier writes only its CSV")
@@ -74,7 +107,7 @@ def predict(
         f"{model.card.arch} ({model.card.task}, {model.card.num_classes} classes) on "
         f"[bold]{model.provider}[/], {len(paths)} images -> {out}"
     )
-    summary = _predict_with_progress_bar(model, paths, out, overlay, batch_size, tiling)
+    summary = _predict_with_progress_bar(model, paths, out, overlay, batch_size, tiling, ray)
     _print_summary(summary, out)
     if summary.failed:
         raise typer.Exit(EXIT_ERROR)
@@ -101,9 +134,17 @@ def _print_summary(summary, out: Path) -> None:
 
 
 def _predict_with_progress_bar(
-    model, paths: list[Path], out: Path, overlay: bool, batch_size: int, tiling: dict
+    model,
+    paths: list[Path],
+    out: Path,
+    overlay: bool,
+    batch_size: int,
+    tiling: dict,
+    ray_options: dict | None = None,
 ):
-    """:func:`~segdeploy.runtime.files.predict_files` under a progress bar; its summary."""
+    """:func:`~segdeploy.runtime.files.predict_files` under a progress bar; its summary.
+    With ``ray_options`` (``workers``, ``threads``): on Ray, see
+    :func:`~segdeploy.runtime.ray_engine.predict_files_ray`."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -114,6 +155,15 @@ def _predict_with_progress_bar(
 
     from segdeploy.runtime.files import predict_files
 
+    if ray_options is not None:
+        from functools import partial
+
+        from segdeploy.runtime.ray_engine import predict_files_ray
+
+        predict_files = partial(  # the same call on a pool of Ray actors
+            predict_files_ray, provider=model.provider, **ray_options
+        )
+        model = model.path
     columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("predicting", total=len(paths))

@@ -12,6 +12,7 @@ import csv
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,6 +179,10 @@ def plan_outputs(
     return outputs
 
 
+_DONE: Future = Future()
+_DONE.set_result([])
+
+
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -229,12 +234,9 @@ def predict_files(
 
     summary = PredictSummary(task=model.card.task, provider=model.provider)
     report = progress_callback or (lambda path, error: None)
-    rows: list[list[str]] = []
     started = time.perf_counter()
-    for chunk in _batches(list(zip(paths, names, strict=True)), batch_size):
-        loaded = _load_chunk(model, chunk, summary, report)
-        if loaded:
-            rows += _predict_chunk(model, loaded, out_dir, overlay, tiling, summary, report)
+    chunks = list(_batches(list(zip(paths, names, strict=True)), batch_size))
+    rows = _run_pipeline(model, chunks, out_dir, overlay, tiling, summary, report)
     if not segmentation and rows:
         target = out_dir / CSV_NAME
         header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
@@ -244,6 +246,55 @@ def predict_files(
     return summary
 
 
+def _run_pipeline(
+    model: SegmentationModel | ClassificationModel,
+    chunks: list[Sequence[tuple[Path, Path]]],
+    out_dir: Path,
+    overlay: bool,
+    tiling: dict,
+    summary: PredictSummary,
+    report: ProgressCallback,
+) -> list[list[str]]:
+    """Decode chunk ``i + 1`` and write chunk ``i - 1`` while chunk ``i`` runs in the session.
+
+    One reader and one writer thread: ONNX Runtime, Pillow's decoders and its PNG encoder
+    release the GIL, so decoding and writing hide behind inference instead of adding to it. The
+    main thread alone touches ``summary`` and calls ``report``, in input order. Memory: at most
+    one decoded chunk ahead and two chunks' masks behind.
+    """
+    rows: list[list[str]] = []
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="segdeploy-decode") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="segdeploy-write") as writer,
+    ):
+        next_chunk = reader.submit(_load_chunk, model, chunks[0]) if chunks else None
+        writing: list[tuple[Path, Future]] = []
+        for index in range(len(chunks)):
+            loaded, failed = next_chunk.result()
+            if index + 1 < len(chunks):
+                next_chunk = reader.submit(_load_chunk, model, chunks[index + 1])
+            for path, error in failed:
+                summary.failed.append((path, error))
+                report(path, error)
+            done_before = len(writing)
+            if loaded:
+                rows += _predict_chunk(
+                    model, loaded, out_dir, overlay, tiling, summary, writer, writing
+                )
+            _finish_writes(writing[:done_before], summary, report)
+            del writing[:done_before]
+        _finish_writes(writing, summary, report)
+    return rows
+
+
+def _finish_writes(writing: list[tuple[Path, Future]], summary: PredictSummary, report) -> None:
+    """Wait for the writes of ``writing`` in order; record and report each image."""
+    for path, future in writing:
+        summary.outputs += future.result()
+        summary.images += 1
+        report(path, None)
+
+
 def _predict_chunk(
     model: SegmentationModel | ClassificationModel,
     loaded: list,
@@ -251,37 +302,39 @@ def _predict_chunk(
     overlay: bool,
     tiling: dict,
     summary: PredictSummary,
-    report: ProgressCallback,
+    writer: ThreadPoolExecutor,
+    writing: list[tuple[Path, Future]],
 ) -> list[list[str]]:
-    """Predict the loaded ``(path, name, pixels)`` of one batch and write their masks (recorded
-    in ``summary``); the CSV rows of a classifier's predictions."""
+    """Predict the loaded ``(path, name, pixels)`` of one batch; masks go to ``writer`` (their
+    futures appended to ``writing``), a classifier's predictions come back as CSV rows."""
     images = [image for _, _, image in loaded]
-    rows = []
     if isinstance(model, SegmentationModel):
         summary.tiled += sum(model.tile_grid(*i.shape[:2], **tiling) is not None for i in images)
     results = model.predict_batch(images, **tiling)
+    rows = []
     for (path, name, image), result in zip(loaded, results, strict=True):
         if isinstance(model, SegmentationModel):
-            summary.outputs += _write_masks(out_dir / name, image, result, model.palette, overlay)
+            write = writer.submit(
+                _write_masks, out_dir / name, image, result, model.palette, overlay
+            )
         else:
             label, probabilities = result
             rows.append([str(path), label, *(f"{p:.6f}" for p in probabilities)])
-        summary.images += 1
-        report(path, None)
+            write = _DONE
+        writing.append((path, write))
     return rows
 
 
-def _load_chunk(model, chunk, summary: PredictSummary, report: ProgressCallback) -> list:
-    """``(path, name, pixels)`` of the images of ``chunk`` that load; the others are recorded
-    in ``summary.failed`` and reported, not raised."""
-    loaded = []
+def _load_chunk(model, chunk) -> tuple[list, list[tuple[Path, str]]]:
+    """``(path, name, pixels)`` of the images of ``chunk`` that load, and ``(path, error)`` of
+    those that do not (reported by the caller, not raised)."""
+    loaded, failed = [], []
     for path, name in chunk:
         try:
             loaded.append((path, name, load_image(path, channels=model.card.in_channels)))
         except SegdeployError as err:
-            summary.failed.append((path, str(err)))
-            report(path, str(err))
-    return loaded
+            failed.append((path, str(err)))
+    return loaded, failed
 
 
 def _write_masks(

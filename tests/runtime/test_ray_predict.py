@@ -1,0 +1,146 @@
+"""``predict_files_ray`` (``segdeploy predict --engine ray``): the same files as the local engine,
+byte for byte, and the same per-file failures. Starting Ray takes seconds, so one local Ray
+serves the whole module and the tests are marked slow (``pytest -m slow tests/runtime``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from segdeploy.cli import app
+from segdeploy.core.errors import SegdeployError
+from segdeploy.runtime import open_model
+from segdeploy.runtime.files import collect_images, predict_files
+from segdeploy.runtime.ray_engine import import_ray, predict_files_ray
+
+
+@pytest.fixture(scope="module")
+def ray():
+    pytest.importorskip("ray.data")
+    import ray
+
+    return ray
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray):
+    """One local Ray for the module (the engine joins it and leaves it running)."""
+    ray.init("local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    """Thirty real photographs of assorted sizes, in two folders, JPEG and PNG, one corrupt."""
+    skimage_data = pytest.importorskip("skimage.data")
+    folder = tmp_path_factory.mktemp("ray_photos")
+    sources = [skimage_data.astronaut(), skimage_data.coffee(), skimage_data.chelsea()]
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        source = sources[i % len(sources)]
+        height, width = int(rng.integers(24, 72)), int(rng.integers(24, 72))
+        top = int(rng.integers(0, source.shape[0] - height))
+        left = int(rng.integers(0, source.shape[1] - width))
+        crop = Image.fromarray(source[top : top + height, left : left + width])
+        path = folder / ("sub" if i % 4 == 0 else "") / f"img{i:02d}.{'jpg' if i % 2 else 'png'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        crop.save(path)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return folder
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_two_workers_write_the_local_engines_files_byte_for_byte(
+    local_ray, unet_onnx, photo_folder, tmp_path
+):
+    paths = collect_images([photo_folder])
+    local = predict_files(open_model(unet_onnx, provider="cpu"), paths, tmp_path / "local", True)
+    seen = []
+    remote = predict_files_ray(
+        unet_onnx,
+        paths,
+        tmp_path / "ray",
+        workers=2,
+        overlay=True,
+        provider="cpu",
+        progress_callback=lambda path, error: seen.append((path, error)),
+    )
+    expected = _files(tmp_path / "local")
+    assert len(expected) == 2 * 30  # masks and overlays; nothing for the corrupt file
+    assert _files(tmp_path / "ray") == expected
+    assert remote.images == local.images == 30
+    assert remote.failed == local.failed and [p.name for p, _ in remote.failed] == ["broken.png"]
+    assert [p.relative_to(tmp_path / "ray") for p in remote.outputs] == [
+        p.relative_to(tmp_path / "local") for p in local.outputs
+    ]
+    assert sorted(seen, key=str) == sorted(
+        [(p, None) for p in paths if p.name != "broken.png"] + list(local.failed), key=str
+    )
+
+
+@pytest.mark.slow
+def test_classifier_csv_is_byte_for_byte_the_local_one(
+    local_ray, resnet_onnx, photo_folder, tmp_path
+):
+    paths = collect_images([photo_folder])
+    model = open_model(resnet_onnx, provider="cpu")
+    predict_files(model, paths, tmp_path / "local", batch_size=2)
+    summary = predict_files_ray(
+        resnet_onnx, paths, tmp_path / "ray", workers=2, batch_size=2, provider="cpu"
+    )
+    assert summary.images == 30 and len(summary.failed) == 1
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+    assert list(_files(tmp_path / "ray")) == ["predictions.csv"]
+
+
+@pytest.mark.slow
+def test_worker_errors_become_one_sentence(local_ray, unet_onnx, photo_folder, tmp_path):
+    paths = collect_images([photo_folder])
+    with pytest.raises(SegdeployError, match="tile"):  # checked before Ray runs anything
+        predict_files_ray(unet_onnx, paths, tmp_path / "out", tile=7, provider="cpu")
+    with pytest.raises(SegdeployError, match="would overwrite"):
+        predict_files_ray(unet_onnx, paths, photo_folder, provider="cpu")
+
+
+@pytest.mark.slow
+def test_cli_engine_ray_starts_its_own_local_ray(ray, unet_onnx, photo_folder, tmp_path):
+    if ray.is_initialized():
+        ray.shutdown()
+    out = tmp_path / "cli"
+    args = ["--out", str(out), "--engine", "ray", "--workers", "2", "--provider", "cpu"]
+    result = runner_invoke(["predict", str(unet_onnx), str(photo_folder), *args])
+    assert result.exit_code == 1, result.output  # the corrupt file makes it non-zero
+    assert "broken.png" in result.output and "ray" in result.output
+    assert len(list(out.rglob("*.png"))) == 30
+    assert not ray.is_initialized()  # the engine shut down the Ray it started
+
+
+def runner_invoke(args):
+    return CliRunner().invoke(app, args)
+
+
+def test_without_ray_the_engine_names_the_install_command(monkeypatch, unet_onnx, photos, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(SegdeployError, match=r"pip install 'segdeploy\[ray\]'"):
+        import_ray()
+    args = ["--out", str(tmp_path / "out"), "--engine", "ray"]
+    result = runner_invoke(["predict", str(unet_onnx), str(photos), *args])
+    assert result.exit_code != 0
+    assert "pip install 'segdeploy[ray]'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_unknown_engine_is_refused(unet_onnx, photos, tmp_path):
+    args = ["--out", str(tmp_path / "out"), "--engine", "spark"]
+    result = runner_invoke(["predict", str(unet_onnx), str(photos), *args])
+    assert result.exit_code != 0 and "spark" in result.output
