@@ -1,9 +1,11 @@
 """The import graph: stages point one way and the torch-free packages stay torch-free.
 
-Arrows: ``core`` <- ``data``, ``models``, ``runtime`` <- ``train`` <- ``export`` <- ``tools`` <-
-``cli``. A module may import its own package and packages of a lower rank, never one beside or
-above it. Imports inside functions count too (the CLI's lazy imports included), so a lazy import
-cannot hide an arrow pointing up. Run ``pytest tests/test_layering.py -v`` to see the rules hold.
+Arrows: ``core`` <- ``data``, ``models``, ``runtime`` <- ``train``, ``serve`` <- ``export`` <-
+``tools`` <- ``cli``. ``serve`` (Triton model repositories and serving) sits on the runtime and
+stays torch-free. A module may import its own package and packages of a lower rank, never one
+beside or above it. Imports inside functions count too (the CLI's lazy imports included), so a
+lazy import cannot hide an arrow pointing up. Run ``pytest tests/test_layering.py -v`` to see the
+rules hold.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import segdeploy
 
 PACKAGE_ROOT = Path(segdeploy.__file__).parent
 RANK = {"core": 0, "data": 1, "models": 1, "runtime": 1, "train": 2, "export": 3, "tools": 4}
+RANK["serve"] = 2
 RANK["cli"] = 5
 #: Packages that must run on the edge install (onnxruntime, numpy, pillow): no torch, no onnx.
-TORCH_FREE = ("core", "data", "runtime")
+TORCH_FREE = ("core", "data", "runtime", "serve")
 HEAVY = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim")
 #: Modules of the export package that work on ONNX files only: onnx is fine, torch is not.
 ONNX_ONLY = ("contract", "onnx_file", "gates", "quantize", "fp16", "end_to_end")

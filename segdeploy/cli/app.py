@@ -14,6 +14,7 @@ from segdeploy.cli.errors import one_error_path
 from segdeploy.cli.evaluate import evaluate
 from segdeploy.cli.export import convert_fp16, export, quantize, verify
 from segdeploy.cli.predict import info, list_architectures, predict
+from segdeploy.cli.serve import serve, triton_repo
 from segdeploy.cli.train import train
 
 app = typer.Typer(
@@ -34,6 +35,8 @@ COMMANDS = {
     "bench": bench,
     "quantize": quantize,
     "convert-fp16": convert_fp16,
+    "serve": serve,
+    "triton-repo": triton_repo,
     "info": info,
     "models": list_architectures,
 }
