@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -167,9 +168,11 @@ def _check_destination(out: Path) -> None:
     """Refuse a bad ``out`` and an unwritable folder before a minute of exporting."""
     if out.suffix != ".onnx":
         raise SegdeployError(f"output {out} must end in .onnx")
-    probe = out.with_name(f".{out.name}.probe")
+    # One probe name per process and thread: two exports to one path probe at the same time
+    # (the export lock comes later), and a shared name let one delete the other's probe.
+    probe = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.probe")
     atomic_write(probe, lambda tmp: tmp.write_bytes(b""))
-    probe.unlink()
+    probe.unlink(missing_ok=True)
 
 
 #: A lock older than this is stale whoever holds it: an export takes minutes, not hours.
