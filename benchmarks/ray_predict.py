@@ -23,50 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+# The same photos and model as predict_throughput.py (this folder is on sys.path when run).
+from predict_throughput import export_small_unet, write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ray"
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
-
-
-def write_photos(folder: Path, count: int) -> list[Path]:
-    """``count`` 640x480 JPEG crops of scikit-image's photographs (each upscaled to cover)."""
-    from skimage import data
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    sources = []
-    for name in PHOTOS:
-        image = Image.fromarray(getattr(data, name)()[..., :3])
-        scale = max(700 / image.width, 540 / image.height, 1.0)
-        sources.append(image.resize((round(image.width * scale), round(image.height * scale))))
-    paths = []
-    for index in range(count):
-        source = sources[index % len(sources)]
-        left = int(rng.integers(0, source.width - 640 + 1))
-        top = int(rng.integers(0, source.height - 480 + 1))
-        path = folder / f"photo_{index:03d}.jpg"
-        source.crop((left, top, left + 640, top + 480)).save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
-def export_small_unet(folder: Path) -> Path:
-    import torch
-
-    from segdeploy.core.card import ModelCard
-    from segdeploy.export import export_checkpoint
-    from segdeploy.models import create_model, get_spec
-    from segdeploy.train.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    kwargs = get_spec("unet").variant_kwargs("small")
-    card = ModelCard("unet", "segmentation", ("a", "b", "c", "d"), model_kwargs=kwargs)
-    save_checkpoint(create_model("unet", 4, **kwargs), card, folder / "unet.pt")
-    export_checkpoint(folder / "unet.pt", folder / "unet.onnx")
-    return folder / "unet.onnx"
 
 
 def _files(root: Path) -> dict[str, bytes]:

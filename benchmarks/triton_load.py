@@ -25,37 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from e2e_latency import export_small_unet  # the same model (benchmarks/ is on sys.path)
 
 from segdeploy.runtime import open_model
 from segdeploy.serve.triton_server import ServeOptions, free_port, triton_server
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "triton"
-
-
-def export_small_unet(folder: Path) -> Path:
-    """The default U-Net variant with random weights (seed 0), exported behind the gate."""
-    import torch
-
-    from segdeploy.core.card import ModelCard
-    from segdeploy.export import export_checkpoint
-    from segdeploy.models import create_model, get_spec
-    from segdeploy.train.checkpoint import save_checkpoint
-
-    spec = get_spec("unet")
-    kwargs = spec.variant_kwargs(spec.default_variant)
-    torch.manual_seed(0)
-    model = create_model("unet", num_classes=4, **kwargs).eval()
-    with torch.no_grad():
-        model.outc.bias.zero_()
-    card = ModelCard(
-        arch="unet",
-        task="segmentation",
-        class_names=("background", "road", "vehicle", "pedestrian"),
-        model_kwargs=kwargs,
-    )
-    checkpoint = save_checkpoint(model, card, folder / "unet_small.pt")
-    return export_checkpoint(checkpoint, out=folder / "unet_small.onnx").onnx_path
 
 
 def load(call: Callable[[], object], clients: int, seconds: float) -> dict[str, float]:
