@@ -111,3 +111,25 @@ def write_face_classification(root: Path, per_class: int = 40) -> Path:
             pixels = (images[offset + i] * 255).round().astype(np.uint8)
             Image.fromarray(pixels, "L").save(folder / f"{label}_{i:03d}.png")
     return root
+
+
+def train_texture_unet(data: Path, folder: Path, epochs: int) -> Path:
+    """Train the tiny U-Net on the texture set ``data`` for ``epochs`` and export it (CPU parity
+    at 64x64); returns the ``.onnx`` path. The recipe tests share: 64 px crops, batch 4, lr 5e-3."""
+    from segdeploy.export import export_checkpoint
+    from segdeploy.train import TrainConfig, train
+
+    checkpoint, onnx_path = folder / "unet.pt", folder / "unet.onnx"
+    config = TrainConfig(
+        arch="unet",
+        data=str(data),
+        variant="tiny",
+        img_size=64,
+        epochs=epochs,
+        batch_size=4,  # 24 training images: 6 steps an epoch
+        lr=5e-3,
+        out=checkpoint,
+    )
+    train(config)
+    export_checkpoint(checkpoint, out=onnx_path, shapes=[(1, 64, 64)], providers=["cpu"])
+    return onnx_path

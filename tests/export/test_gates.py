@@ -24,24 +24,9 @@ from segdeploy.runtime.variants import require_parent
 @pytest.fixture(scope="module")
 def textures_unet(texture_set, tmp_path_factory):
     """A tiny U-Net trained on the texture set (validation mIoU about 0.5), exported."""
-    from segdeploy.export import export_checkpoint
-    from segdeploy.train import TrainConfig, train
+    from real_pixels import train_texture_unet
 
-    folder = tmp_path_factory.mktemp("textures_unet")
-    checkpoint, onnx_path = folder / "unet.pt", folder / "unet.onnx"
-    config = TrainConfig(
-        arch="unet",
-        data=str(texture_set),
-        variant="tiny",
-        img_size=64,
-        epochs=5,
-        batch_size=4,  # 24 training images: 6 steps an epoch
-        lr=5e-3,
-        out=checkpoint,
-    )
-    train(config)
-    export_checkpoint(checkpoint, out=onnx_path, shapes=[(1, 64, 64)], providers=["cpu"])
-    return onnx_path
+    return train_texture_unet(texture_set, tmp_path_factory.mktemp("textures_unet"), 5)
 
 
 @pytest.fixture(scope="module")

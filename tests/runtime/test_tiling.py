@@ -152,24 +152,9 @@ def test_classifiers_ignore_tiling(resnet_onnx, photos, tmp_path):
 @pytest.fixture(scope="module")
 def textures_unet(texture_set, tmp_path_factory):
     """A tiny U-Net trained on the real-pixel texture set until its masks are confident."""
-    from segdeploy.export import export_checkpoint
-    from segdeploy.train import TrainConfig, train
+    from real_pixels import train_texture_unet
 
-    folder = tmp_path_factory.mktemp("tiling_unet")
-    checkpoint, onnx_path = folder / "unet.pt", folder / "unet.onnx"
-    config = TrainConfig(
-        arch="unet",
-        data=str(texture_set),
-        variant="tiny",
-        img_size=64,
-        epochs=10,
-        batch_size=4,
-        lr=5e-3,
-        out=checkpoint,
-    )
-    train(config)
-    export_checkpoint(checkpoint, out=onnx_path, shapes=[(1, 64, 64)], providers=["cpu"])
-    return onnx_path
+    return train_texture_unet(texture_set, tmp_path_factory.mktemp("tiling_unet"), 10)
 
 
 def texture_photo(height: int, width: int, index: int) -> tuple[np.ndarray, np.ndarray]:
