@@ -12,7 +12,7 @@ from segdeploy.cli.bench import bench
 from segdeploy.cli.demo import demo
 from segdeploy.cli.errors import one_error_path
 from segdeploy.cli.evaluate import evaluate
-from segdeploy.cli.export import convert_fp16, export, quantize, verify
+from segdeploy.cli.export import convert_bf16, convert_fp16, export, quantize, verify
 from segdeploy.cli.predict import info, list_architectures, predict
 from segdeploy.cli.serve import serve, triton_repo
 from segdeploy.cli.train import train
@@ -35,6 +35,7 @@ COMMANDS = {
     "bench": bench,
     "quantize": quantize,
     "convert-fp16": convert_fp16,
+    "convert-bf16": convert_bf16,
     "serve": serve,
     "triton-repo": triton_repo,
     "info": info,

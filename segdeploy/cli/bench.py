@@ -26,13 +26,15 @@ def bench(
     models: Annotated[
         list[Path] | None, typer.Argument(help="ONNX exports \\[default: every exports/*.onnx].")
     ] = None,
-    provider: Annotated[str, typer.Option(help="cpu or cuda.")] = BenchConfig.provider,
+    provider: Annotated[
+        str, typer.Option(help="cpu, cuda or openvino (the second CPU engine).")
+    ] = BenchConfig.provider,
     batch: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,8.")] = BATCHES,
     size: Annotated[
         str | None, typer.Option(help="HxW list, e.g. 256x256,512x512 \\[default: per task].")
     ] = None,
     precision: Annotated[
-        str, typer.Option(help="fp32, fp16, int8 (comma-separated).")
+        str, typer.Option(help="fp32, fp16, int8, bf16 (comma-separated; bf16 on openvino).")
     ] = PRECISIONS,
     warmup: Annotated[int, typer.Option(min=0)] = BenchConfig.warmup,
     iters: Annotated[

@@ -24,7 +24,7 @@ def evaluate(
         ),
     ],
     data: Annotated[str, typer.Option(help="Labelled data folder, or 'synthetic'.")],
-    provider: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = DEFAULT_PROVIDER,
+    provider: Annotated[str, typer.Option(help="cpu, cuda, auto or openvino.")] = DEFAULT_PROVIDER,
     split: Annotated[
         str, typer.Option(help="val (what training validated on) or train.")
     ] = DEFAULT_SPLIT,

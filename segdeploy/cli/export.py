@@ -1,4 +1,5 @@
-"""``segdeploy export``, ``verify``, ``quantize`` and ``convert-fp16``: the FP32 export behind the
+"""``segdeploy export``, ``verify``, ``quantize``, ``convert-fp16`` and ``convert-bf16``: the FP32
+export behind the
 parity gate, and the reduced-precision variants made from it.
 
 Defaults come from :mod:`segdeploy.export.contract` (opset, parity shapes, calibration and the
@@ -107,7 +108,10 @@ def verify(
         str | None, typer.Option(help=f"[B x] H x W, comma-separated \\[default: {PARITY_SHAPES}].")
     ] = None,
     provider: Annotated[
-        str | None, typer.Option(help="cpu or cuda \\[default: every usable provider].")
+        str | None,
+        typer.Option(
+            help="cpu, cuda or openvino \\[default: every usable one, OpenVINO if installed]."
+        ),
     ] = None,
 ) -> None:
     """Check an existing export against its checkpoint; exit 1 when they disagree."""
@@ -170,6 +174,23 @@ def convert_fp16(
         result = to_fp16(
             onnx_path, out, data, eval_samples, max_drop=max_drop / 100, provider=provider
         )
+    _print_gate(result)
+
+
+def convert_bf16(
+    onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
+    data: Annotated[
+        str, typer.Option(help="'synthetic' or a data folder; its validation split grades.")
+    ] = DEFAULT_CALIBRATION,
+    eval_samples: EvalSamples = DEFAULT_EVAL_SAMPLES,
+    max_drop: MaxDropPoints = 100 * MAX_METRIC_DROP["bf16"],
+    out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.bf16.onnx]")] = None,
+) -> None:
+    """bf16 variant for OpenVINO on CPUs with AVX512-BF16/AMX (about 2x FP32), gated there."""
+    from segdeploy.export.bf16 import convert_bf16 as to_bf16
+
+    with console.status(f"gating {onnx_path} in bf16 on OpenVINO"):
+        result = to_bf16(onnx_path, out, data, eval_samples, max_drop=max_drop / 100)
     _print_gate(result)
 
 

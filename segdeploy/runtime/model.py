@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segdeploy.core.artifacts import PRECISION_KEY
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.preprocess import normalise
@@ -34,6 +35,7 @@ from segdeploy.runtime.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, TileGr
 #: Where :func:`open_model` runs a model unless told: CUDA when it really works, else CPU.
 DEFAULT_PROVIDER = "auto"
 _OUTPUT_RANK = {"segmentation": 4, "classification": 2}
+_ENGINE_NAMES = {"openvino": "OpenVINO"}
 # One image's share of a session call: the batch output, its row in it, its original (H, W).
 _Result = tuple[np.ndarray, int, tuple[int, int]]
 
@@ -47,8 +49,11 @@ class _Model:
         self.path = path
         self._device_id = device_id
         self.card = card
-        #: Short name of the provider that really runs the model: ``"cpu"`` or ``"cuda"``.
+        #: Short name of the provider that really runs the model: ``"cpu"``, ``"cuda"`` or
+        #: ``"openvino"``.
         self.provider = session_provider(session)
+        #: ``"fp32"`` for an export, else the variant's precision (``int8``, ``fp16``, ``bf16``).
+        self.precision = session.get_modelmeta().custom_metadata_map.get(PRECISION_KEY, "fp32")
         self._session = session
         self._input_name, self._output_name = _check_signature(session, card, path)
 
@@ -263,9 +268,11 @@ def open_model(
 
     Args:
         path: the ``.onnx`` file.
-        provider: ``"cpu"``, ``"cuda"`` (fails loudly when CUDA cannot run here) or ``"auto"``
-            (CUDA when it really works, else CPU); ``model.provider`` tells which one runs.
-        threads: CPU threads per operator; 0 lets ONNX Runtime use all cores.
+        provider: ``"cpu"``, ``"cuda"`` (fails loudly when CUDA cannot run here), ``"auto"``
+            (CUDA when it really works, else CPU) or ``"openvino"`` (OpenVINO on the CPU, the
+            ``openvino`` extra; the only engine for a ``.bf16.onnx`` variant);
+            ``model.provider`` tells which one runs.
+        threads: CPU threads per operator; 0 lets the engine use all cores.
         device_id: the CUDA device, when CUDA runs the model.
         allow_spinning: keep ONNX Runtime's busy-waiting CPU threads; pass False when other
             models or heavy work share the CPU in this process (see :class:`SessionOptions`).
@@ -298,7 +305,8 @@ def open_model(
     except Exception as err:  # ORT raises InvalidProtobuf, Fail, ... for files it cannot read
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SegdeployError(
-            f"ONNX file {path}: expected a model ONNX Runtime can load, found an error ({first})"
+            f"ONNX file {path}: expected a model {_ENGINE_NAMES.get(provider, 'ONNX Runtime')} "
+            f"can load, found an error ({first})"
         ) from None
     card = _resolve_card(session, path, card, mean, std, class_names)
     model_class = SegmentationModel if card.task == "segmentation" else ClassificationModel

@@ -12,6 +12,9 @@ labelled CUDA would be a CPU number.
 
 What the CUDA provider is asked for (TF32, CPU fallback) is built by the pure function
 :func:`session_plan`, so it can be checked on machines without a GPU.
+
+``provider="openvino"`` opens the model with OpenVINO instead
+(:class:`~segdeploy.runtime.openvino_session.OpenVINOSession`, same calls as a session).
 """
 
 from __future__ import annotations
@@ -21,11 +24,18 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from segdeploy.core.artifacts import PRECISION_KEY
 from segdeploy.core.errors import ProviderUnavailableError, SegdeployError
 from segdeploy.runtime.engine import ort
+from segdeploy.runtime.openvino_session import (
+    OPENVINO_HINT,
+    OpenVINOSession,
+    openvino_available,
+)
 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-PROVIDER_CHOICES = ("cpu", "cuda", "auto")
+#: ``openvino`` is the second CPU engine, not an ONNX Runtime provider.
+PROVIDER_CHOICES = ("cpu", "cuda", "auto", "openvino")
 #: ``intra_op_threads`` value that lets ONNX Runtime use every core.
 ALL_CORES = 0
 #: Session config key that makes ORT refuse a session in which any node is placed on the CPU EP.
@@ -41,8 +51,9 @@ class SessionOptions:
     """How to open a session.
 
     Attributes:
-        provider: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when it really works, else CPU).
-        intra_op_threads: CPU threads per operator; 0 lets ONNX Runtime choose (all cores).
+        provider: ``"cpu"``, ``"cuda"``, ``"auto"`` (CUDA when it really works, else CPU) or
+            ``"openvino"`` (OpenVINO on the CPU; only ``intra_op_threads`` applies to it).
+        intra_op_threads: CPU threads per operator; 0 lets the engine choose (all cores).
         device_id: CUDA device.
         cudnn_conv_algo_search: ``HEURISTIC`` by default: ``EXHAUSTIVE`` re-benchmarks every
             convolution for each new input shape, which costs hundreds of ms when sizes vary.
@@ -133,12 +144,13 @@ def _open(source: str | bytes, options: SessionOptions, provider: str) -> ort.In
 
 def create_session(
     model: str | Path | bytes, options: SessionOptions | None = None
-) -> ort.InferenceSession:
+) -> ort.InferenceSession | OpenVINOSession:
     """Open ``model`` (a path or serialized bytes) on the requested provider, or raise.
 
     Raises:
         ProviderUnavailableError: CUDA asked for but not usable here, or (with
-            ``disable_cpu_fallback``) some nodes would run on the CPU inside the CUDA session.
+            ``disable_cpu_fallback``) some nodes would run on the CPU inside the CUDA session;
+            OpenVINO asked for but not installed, or unable to compute the file's precision.
         SegdeployError: an unknown provider name.
     """
     options = options or SessionOptions()
@@ -147,14 +159,27 @@ def create_session(
             f"unknown provider '{options.provider}'; choose one of {', '.join(PROVIDER_CHOICES)}"
         )
     source = model if isinstance(model, bytes) else os.fspath(model)
+    if options.provider == "openvino":
+        return OpenVINOSession(source, options.intra_op_threads)
     available = ort.get_available_providers()
     if options.provider in ("cuda", "auto") and PROVIDER_NAMES["cuda"] in available:
         session = _try_cuda(source, options)
         if session is not None:
-            return session
+            return _refuse_bf16(session, source)
     if options.provider == "cuda":
         raise _cuda_unusable(available)
-    return _open(source, options, "cpu")
+    return _refuse_bf16(_open(source, options, "cpu"), source)
+
+
+def _refuse_bf16(session: ort.InferenceSession, source: str | bytes) -> ort.InferenceSession:
+    """ONNX Runtime has no x86 bf16 path: a bf16 variant would run in FP32 under a bf16 name."""
+    if session.get_modelmeta().custom_metadata_map.get(PRECISION_KEY) == "bf16":
+        name = source if isinstance(source, str) else "this model"
+        raise SegdeployError(
+            f"{name} is a bf16 variant, computed by OpenVINO (provider 'openvino', "
+            f"{OPENVINO_HINT}); ONNX Runtime would run it in FP32, so run its FP32 parent there"
+        )
+    return session
 
 
 def _try_cuda(source: str | bytes, options: SessionOptions) -> ort.InferenceSession | None:
@@ -222,14 +247,20 @@ def cpu_placed_nodes(model: str | Path | bytes, options: SessionOptions) -> list
     ]
 
 
-def session_provider(session: ort.InferenceSession) -> str:
-    """Short name (``cpu`` / ``cuda``) of the provider that actually runs ``session``."""
+def session_provider(session: ort.InferenceSession | OpenVINOSession) -> str:
+    """Short name (``cpu`` / ``cuda`` / ``openvino``) of the provider that runs ``session``."""
     first = session.get_providers()[0]
     return next((short for short, name in PROVIDER_NAMES.items() if name == first), first)
 
 
-def usable_providers() -> list[str]:
-    """Providers this machine can really run on, probed with a one-node model."""
+def usable_providers(engines: bool = False) -> list[str]:
+    """ONNX Runtime providers this machine can really run on, probed with a one-node model;
+    with ``engines``, ``openvino`` too when it is installed."""
+    found = _usable_ort_providers()
+    return [*found, "openvino"] if engines and openvino_available() else found
+
+
+def _usable_ort_providers() -> list[str]:
     found = ["cpu"]
     if PROVIDER_NAMES["cuda"] in ort.get_available_providers():
         try:

@@ -37,7 +37,7 @@ import numpy as np
 import onnxruntime as ort
 
 from segdeploy import __version__
-from segdeploy.core.artifacts import variant_path
+from segdeploy.core.artifacts import VARIANT_COMMANDS, variant_path
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.fileio import atomic_write
@@ -152,7 +152,7 @@ def precision_file(path: Path, precision: str) -> Path:
     """
     variant = variant_path(path, precision)
     if not variant.is_file():
-        hint = "segdeploy quantize" if precision == "int8" else "segdeploy convert-fp16"
+        hint = f"segdeploy {VARIANT_COMMANDS[precision]} {path}"
         raise SegdeployError(f"no {precision} variant {variant} of {path}; make it with `{hint}`")
     if variant != path:
         require_parent(variant, path)

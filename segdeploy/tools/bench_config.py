@@ -18,7 +18,7 @@ from segdeploy.runtime.session import ALL_CORES
 #: Where ``segdeploy bench`` writes its JSON and chart unless told otherwise.
 RESULTS_FOLDER = Path("benchmarks/results")
 #: The providers bench can label a measurement with.
-BENCH_PROVIDERS = ("cpu", "cuda")
+BENCH_PROVIDERS = ("cpu", "cuda", "openvino")
 
 
 @dataclass
@@ -66,20 +66,25 @@ def config_from_options(
         SegdeployError: an unknown provider or precision, no model, a missing file, or a batch
             or size list that cannot be read.
     """
+    from segdeploy.runtime.openvino_session import OPENVINO_HINT
     from segdeploy.runtime.session import usable_providers
 
     if provider not in BENCH_PROVIDERS:
-        raise SegdeployError(f"--provider must be cpu or cuda, found '{provider}'")
-    usable = usable_providers()
+        raise SegdeployError(
+            f"--provider must be one of {', '.join(BENCH_PROVIDERS)}, found '{provider}'"
+        )
+    usable = usable_providers(engines=True)
     if provider not in usable:
+        if provider == "openvino":
+            raise ProviderUnavailableError(
+                f"--provider openvino asked for, but OpenVINO is not installed: {OPENVINO_HINT}"
+            )
         raise ProviderUnavailableError(
             f"--provider {provider} asked for, but ONNX Runtime cannot use "
             f"it on this machine (usable: {', '.join(usable)})"
         )
     precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
-    unknown = set(precisions) - set(PRECISIONS)
-    if unknown:
-        raise SegdeployError(f"unknown precision {sorted(unknown)}; choose fp32, fp16, int8")
+    _check_precisions(precisions, provider, io_binding, options.get("profile", False))
     return BenchConfig(
         models=_existing_models(models),
         provider=provider,
@@ -89,6 +94,21 @@ def config_from_options(
         io_binding=(False, True) if io_binding else (False,),
         **options,
     )
+
+
+def _check_precisions(
+    precisions: tuple[str, ...], provider: str, io_binding: bool, profile: bool
+) -> None:
+    """Refuse what would be measured under a wrong name: an unknown precision, bf16 anywhere
+    but on OpenVINO, or ONNX Runtime's IO binding and profiler asked of OpenVINO."""
+    unknown = set(precisions) - set(PRECISIONS)
+    if unknown:
+        raise SegdeployError(f"unknown precision {sorted(unknown)}; choose {', '.join(PRECISIONS)}")
+    if "bf16" in precisions and provider != "openvino":
+        raise SegdeployError("--precision bf16 is computed by OpenVINO: add --provider openvino")
+    if provider == "openvino" and (io_binding or profile):
+        option = "--io-binding" if io_binding else "--profile"
+        raise SegdeployError(f"{option} is ONNX Runtime's; OpenVINO runs without it")
 
 
 def _existing_models(models: Sequence[Path] | None) -> list[Path]:

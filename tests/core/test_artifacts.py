@@ -21,7 +21,7 @@ from segdeploy.core.errors import SegdeployError
 def test_variants_sit_beside_their_fp32_export():
     assert variant_path("exports/road.v2.onnx", "int8") == Path("exports/road.v2.int8.onnx")
     assert variant_path("exports/road.onnx", "fp32") == Path("exports/road.onnx")
-    assert [is_variant(variant_path("m.onnx", p)) for p in PRECISIONS] == [False, True, True]
+    assert [is_variant(variant_path("m.onnx", p)) for p in PRECISIONS] == [False, True, True, True]
     assert not is_variant("road.v2.onnx")  # a dot in the name does not make a variant
     assert parity_report_path("exports/unet.onnx") == Path("exports/unet.parity.json")
     assert default_export_path("runs/x/unet.pt") == Path("exports/unet.onnx")

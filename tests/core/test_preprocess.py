@@ -16,6 +16,22 @@ def test_normalise_is_the_formula_channel_first():
     assert normalise(pixels[0], IMAGENET_MEAN, IMAGENET_STD).shape == (3, 5, 7)
 
 
+def test_uint8_lookup_is_bit_identical_to_the_float_arithmetic():
+    """uint8 images take a lookup table; it must give exactly the float32 multiply-add's values
+    (the end-to-end graph and every gate compare against them), for any channel count."""
+    rng = np.random.default_rng(1)
+    for shape, mean, std in (
+        ((61, 93, 3), IMAGENET_MEAN, IMAGENET_STD),
+        ((2, 17, 5, 1), (0.5,), (0.25,)),
+        ((3, 8, 8, 4), (0.1, 0.2, 0.3, 0.4), (0.5, 0.6, 0.7, 0.8)),
+    ):
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        as_float = normalise(pixels.astype(np.float32), mean, std)  # the arithmetic path
+        looked_up = normalise(pixels, mean, std)
+        assert looked_up.flags.c_contiguous and looked_up.dtype == np.float32
+        assert np.array_equal(looked_up, as_float)
+
+
 def test_padded_size_rounds_up_to_the_multiple():
     assert padded_size(16, 17, 16) == (16, 32)
     assert padded_size(1, 33, 32) == (32, 64)

@@ -1,0 +1,60 @@
+"""bf16 variant of an FP32 export, for OpenVINO on CPUs with AVX512-BF16 or AMX, gated like INT8.
+
+``x.onnx`` -> ``x.bf16.onnx``: the same graph and FP32 weights, marked ``segdeploy.precision =
+bf16``. The mark is what changes the arithmetic: :class:`~segdeploy.runtime.openvino_session.
+OpenVINOSession` compiles a marked file with OpenVINO's bf16 inference precision (about twice
+the speed of FP32 on such CPUs) and every other file with f32, and ONNX Runtime refuses the
+marked file rather than run it in FP32 under a bf16 name. So bf16, like INT8 and FP16, is a
+file that exists only once it passed the accuracy gate: FP32 and bf16 both run on OpenVINO over
+the data's validation split, through the runtime's ``predict``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segdeploy.core.artifacts import PRECISION_KEY
+from segdeploy.export.contract import (
+    BF16_GATE_PROVIDER,
+    DEFAULT_CALIBRATION,
+    DEFAULT_EVAL_SAMPLES,
+    MAX_METRIC_DROP,
+)
+from segdeploy.export.gates import GateResult, gate_and_write, load_split
+from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
+
+
+def convert_bf16(
+    onnx_path: str | Path,
+    out: str | Path | None = None,
+    data: str = DEFAULT_CALIBRATION,
+    eval_samples: int = DEFAULT_EVAL_SAMPLES,
+    max_drop: float = MAX_METRIC_DROP["bf16"],
+    min_agreement: float | None = None,
+) -> GateResult:
+    """Write ``<name>.bf16.onnx`` (and its ``.gate.json``) if it passes the accuracy gate.
+
+    Args:
+        onnx_path: an FP32 segdeploy export.
+        data: ``"synthetic"`` or a data folder; its validation split grades the variant.
+        eval_samples: validation images for the gate.
+        max_drop: largest tolerated drop of mIoU / accuracy (0.005 = half a point).
+        min_agreement: override the contract's minimum argmax agreement with FP32.
+
+    Raises:
+        SegdeployError: unreadable input or data.
+        ProviderUnavailableError: OpenVINO is not installed, or this CPU cannot compute bf16.
+        AccuracyGateError: the bf16 model failed the gate (``.result``); no file was written.
+    """
+    onnx_path, model, out, card = open_fp32_parent(onnx_path, out, "bf16", "convert-bf16")
+    gate = load_split(card, data, "val", eval_samples, int(card.training.get("seed", 0)))
+    attach_metadata(model, {PRECISION_KEY: "bf16"})
+    return gate_and_write(
+        onnx_path,
+        model,
+        out,
+        gate,
+        max_drop=max_drop,
+        min_agreement=min_agreement,
+        provider=BF16_GATE_PROVIDER,
+    )
