@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperArgument
 
 from segdeploy.cli.console import console
 from segdeploy.cli.tables import print_training_summary
@@ -20,6 +21,7 @@ _FITTED = "Default: fitted to the data, printed before the first epoch"
 
 
 def train(
+    ctx: typer.Context,
     arch: Annotated[str, typer.Argument(help="Registered architecture (see `segdeploy models`).")],
     data: Annotated[str, typer.Option(help="'synthetic' or a data folder.")] = TrainConfig.data,
     variant: Annotated[
@@ -90,14 +92,23 @@ def train(
     force: Annotated[
         bool, typer.Option(help="Replace an existing checkpoint.")
     ] = TrainConfig.force,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Processes that train together on this machine (DistributedDataParallel "
+            "started by torchrun; one per GPU with --device cuda). 1: this process alone."
+        ),
+    ] = 1,
 ) -> None:
     """Train ARCH and write a self-describing checkpoint (weights + model card).\f
 
-    Longer than 60 lines because its signature declares the command's twenty-one parameters;
-    the body only builds a TrainConfig from them. (Click shows no help text after the form feed.)
+    Longer than 60 lines because its signature declares the command's twenty-two parameters;
+    the body only builds a TrainConfig from them, or starts ``--nproc`` processes that do.
+    (Click shows no help text after the form feed.)
     """
     from segdeploy.train import RichTrainProgress
     from segdeploy.train import train as run_training
+    from segdeploy.train.distributed import process_rank
 
     config = TrainConfig(
         arch=arch,
@@ -122,7 +133,45 @@ def train(
         resume=resume,
         force=force,
     )
-    print_training_summary(run_training(config, progress=RichTrainProgress(console)))
+    if nproc != 1:
+        raise typer.Exit(_launch(ctx, config, nproc))
+    # Under torchrun every rank runs this command; rank 0 alone prints (plan, progress, summary).
+    main = process_rank() == 0
+    result = run_training(config, progress=RichTrainProgress(console) if main else None)
+    if main:
+        print_training_summary(result)
+
+
+def _launch(ctx: typer.Context, config: TrainConfig, nproc: int) -> int:
+    """Check what can be checked once, then run this command without ``--nproc`` in ``nproc``
+    processes; the run's exit code."""
+    from segdeploy.models import get_spec
+    from segdeploy.train.distributed import check_nproc, launch
+    from segdeploy.train.loop import check_config, check_output
+
+    check_nproc(nproc, config.device)
+    # Bad input is one sentence here, not one per process.
+    check_config(config, get_spec(config.arch))
+    check_output(config)
+    return launch(nproc, "segdeploy", ["train", *_relaunch_arguments(ctx)], config.device)
+
+
+def _relaunch_arguments(ctx: typer.Context) -> list[str]:
+    """The command line of ``ctx``'s command as given, ``--nproc`` left out: options as
+    ``--name=value`` (a value may start with ``-``), then ``--`` and the arguments."""
+    options, arguments = [], []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name == "nproc" or source is None or source.name == "DEFAULT":
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, TyperArgument):
+            arguments.append(str(value))
+        elif getattr(param, "is_flag", False):
+            options.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            options.append(f"{param.opts[0]}={value}")
+    return [*options, "--", *arguments]
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:

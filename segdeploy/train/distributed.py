@@ -1,5 +1,10 @@
 """Distributed training with PyTorch's own engine: torchrun starts the processes, DDP syncs them.
 
+``segdeploy train --nproc N ...`` is the one-machine shortcut: :func:`launch` runs torchrun's own
+launcher (``torch.distributed.run``) in the command's process, with a standalone rendezvous on
+``localhost`` and a port the system picks, and starts the same command without ``--nproc`` in N
+processes; the run's exit code is the command's, and Ctrl-C stops every rank.
+
 ``torchrun --nproc-per-node N -m segdeploy train ...`` starts N copies of ``segdeploy train`` and
 sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in each one's
 environment. :func:`init_distributed` reads them and joins the process group: gloo on CPU, NCCL
@@ -21,7 +26,8 @@ What a run of N processes does (:class:`DistributedContext` holds the hooks the 
 * Validation: rank ``r`` scores items ``r, r + N, ...``; the confusion matrices are summed with
   ``all_reduce`` and the metric is computed once from the sum, exactly the single-process
   metric on the same predictions (never an average of per-rank mIoU).
-* Rank 0 alone reports progress and writes the checkpoint, the state file and the card.
+* Rank 0 alone reports progress and writes the checkpoint, the state file and the card;
+  ``segdeploy train`` prints its plan, progress and summary on rank 0 only (:func:`process_rank`).
 * Resume: the state file holds every rank's random streams (``rank_rng``) and the number of
   processes; a run resumes with the same number, each rank from its own streams, so it continues
   as if it had never stopped. Every rank reads the files, so on several machines they must be on
@@ -30,9 +36,12 @@ What a run of N processes does (:class:`DistributedContext` holds the hooks the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,3 +282,104 @@ def init_distributed(device: str) -> tuple[DistributedContext, str]:
     else:
         backend = dist.get_backend()
     return DistributedContext(rank, world_size, local_rank, backend, owns_group), device
+
+
+def process_rank() -> int:
+    """This process's global rank in a torchrun launch (0 outside one): the rank that prints."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
+def max_processes(device: str) -> int:
+    """The most processes :func:`launch` starts on this machine for ``device``: one GPU each on
+    CUDA, at least one CPU core each otherwise (more would only take turns on the cores)."""
+    if device.startswith("cuda"):
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return len(cores) if cores else os.cpu_count() or 1
+
+
+def check_nproc(nproc: int, device: str) -> None:
+    """Refuse a number of processes this machine cannot run, in one sentence.
+
+    Raises:
+        SegdeployError: ``nproc`` below 1 or above :func:`max_processes`, or asked for inside a
+            process torchrun already started.
+    """
+    if nproc < 1:
+        raise SegdeployError(f"--nproc must be at least 1, found {nproc}")
+    if nproc > 1 and launched_by_torchrun():
+        raise SegdeployError("this process was started by torchrun: leave --nproc out")
+    most = max_processes(device)
+    if nproc > most:
+        what = "GPU" if device.startswith("cuda") else "CPU core"
+        raise SegdeployError(
+            f"--nproc {nproc} needs a {what} per process for --device {device} and this "
+            f"machine has {most}; pass --nproc {max(1, most)} or fewer"
+        )
+
+
+def launch(nproc: int, module: str, args: Sequence[str], device: str = "cpu") -> int:
+    """Run ``python -m module *args`` in ``nproc`` processes of one torchrun launch on this
+    machine and return the run's exit code.
+
+    torchrun's own launcher runs in this process (``torch.distributed.run.run``, with the
+    arguments of ``torchrun --standalone --nproc-per-node nproc -m module``): a rendezvous on
+    ``localhost`` with a free port, ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set in every
+    process, no restarts. Each process gets ``cores // nproc`` threads unless
+    ``OMP_NUM_THREADS`` is set.
+
+    Returns:
+        0 when every process succeeded; else the exit code of the first process that failed
+        (``128 + n`` for a process ended by signal ``n``), or ``128 + n`` when this process got
+        signal ``n`` (Ctrl-C: 130) and stopped every process with it.
+
+    Raises:
+        SegdeployError: see :func:`check_nproc`.
+    """
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    check_nproc(nproc, device)
+    flags = ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "--module"]
+    try:
+        with _launcher_state(nproc):
+            run(parse_args([*flags, module, *args]))
+    except ChildFailedError as failed:
+        return _shell_code(failed.get_first_failure()[1].exitcode)
+    except SignalException as stopped:
+        return 128 + int(stopped.sigval)
+    return 0
+
+
+def _shell_code(exitcode: int) -> int:
+    """A process's exit code as a shell reports it: ``128 + n`` when signal ``n`` ended it."""
+    return 128 - exitcode if exitcode < 0 else exitcode
+
+
+# What torchrun's launcher changes in the process that runs it: the signal handlers that make
+# it stop the processes on Ctrl-C, and environment variables that its processes inherit.
+_LAUNCHER_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+_LAUNCHER_ENV = ("OMP_NUM_THREADS", "TORCHELASTIC_SIGNALS_TO_HANDLE")
+
+
+@contextlib.contextmanager
+def _launcher_state(nproc: int) -> Iterator[None]:
+    """Set the processes' thread count, and give back the signal handlers and environment
+    variables torchrun's launcher changed in this process when it is done."""
+    env = {name: os.environ.get(name) for name in _LAUNCHER_ENV}
+    main_thread = threading.current_thread() is threading.main_thread()
+    signals = [getattr(signal, name) for name in _LAUNCHER_SIGNALS if hasattr(signal, name)]
+    handlers = {sig: signal.getsignal(sig) for sig in signals} if main_thread else {}
+    # torchrun's own default is 1 thread (and a warning); a CPU run wants the cores shared out.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, max_processes("cpu") // nproc)))
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -137,3 +137,61 @@ def test_an_existing_checkpoint_is_replaced_only_with_force_and_resume_continues
     resumed, _ = train(tmp_path, *longer, "--resume", str(out))
     assert resumed.exit_code == 0, resumed.output
     assert read_checkpoint(out)[0].training["epochs"] == 2
+
+
+# --nproc: the launch itself is tested in tests/train/test_distributed.py; here, what the
+# command hands to it and what it refuses.
+
+
+def test_nproc_relaunches_the_same_command_without_nproc_and_exits_with_its_code(
+    tmp_path, monkeypatch
+):
+    import segdeploy.train
+    import segdeploy.train.distributed as distributed
+
+    launched, configs = [], []
+    monkeypatch.setattr(
+        distributed, "launch", lambda n, module, args, device: launched.append(args) or 3
+    )
+    monkeypatch.setattr(segdeploy.train, "train", lambda config, progress: configs.append(config))
+    monkeypatch.setattr("segdeploy.cli.train.print_training_summary", lambda result: None)
+    monkeypatch.chdir(tmp_path)
+    given = ["unet", "--variant", "tiny", "--classes", "a,b", "--lr", "0.01", "--no-force"]
+    given += ["--out", "-odd name.pt"]  # a value that starts with '-'
+    result = runner.invoke(app, ["train", *given[:3], "--nproc", "2", *given[3:]])
+    assert result.exit_code == 3, result.output  # the launched run's exit code
+    (args,) = launched
+    assert args[0] == "train" and "--nproc" not in " ".join(args)
+    assert args[-2:] == ["--", "unet"]
+    # Parsed again, the relaunched arguments are the very configuration given.
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, ["train", *given]).exit_code == 0
+    assert configs[0] == configs[1]
+    assert configs[0].classes == ("a", "b") and configs[0].lr == 0.01
+
+
+@pytest.mark.parametrize(
+    ("nproc", "message"),
+    [("0", "--nproc must be at least 1, found 0"), ("100000", "--nproc 100000 needs a CPU core")],
+)
+def test_nproc_out_of_bounds_is_one_sentence(tmp_path, nproc, message):
+    result, out = train(tmp_path, "unet", "--epochs", "1", "--nproc", nproc)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_nproc_inside_a_torchrun_launch_is_refused(tmp_path, monkeypatch):
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    result, _ = train(tmp_path, "unet", "--nproc", "2")
+    assert result.exit_code == 1
+    assert "started by torchrun: leave --nproc out" in result.output
+
+
+def test_bad_input_with_nproc_is_one_sentence_before_any_process_starts(tmp_path, monkeypatch):
+    import segdeploy.train.distributed as distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda *args: pytest.fail("launched"))
+    result, _ = train(tmp_path, "vit", "--nproc", "2")
+    assert result.exit_code == 1 and result.output.count("unknown architecture 'vit'") == 1

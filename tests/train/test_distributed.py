@@ -1,5 +1,7 @@
 """Distributed training: 2 gloo processes started by the real torchrun on this CPU.
 
+``segdeploy train --nproc 2`` runs as a user runs it (a subprocess), prints once, writes one
+checkpoint and stops every rank on Ctrl-C; :func:`launch` returns the launched run's exit code.
 One torchrun launch (module fixture) runs this file as its worker script (:func:`worker`): each
 rank records its sampler's indices, trains k steps on synthetic scenes, validates both ways,
 then runs :func:`~segdeploy.train.train` straight and resumed on the texture folder (random
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -25,7 +28,12 @@ from segdeploy.core.errors import SegdeployError
 from segdeploy.core.metrics import confusion_of_pairs, score_confusion, score_predictions
 from segdeploy.train import TrainConfig, TrainProgress, loop, train
 from segdeploy.train.checkpoint import read_checkpoint, read_trainer_state, state_path
-from segdeploy.train.distributed import SINGLE_PROCESS, DistributedContext, init_distributed
+from segdeploy.train.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    init_distributed,
+    launch,
+)
 from segdeploy.train.inference import TorchPredictor
 
 BASE = TrainConfig(
@@ -129,6 +137,65 @@ def test_torchrun_cli_prints_once_and_writes_one_checkpoint(tmp_path):
     done = _torchrun("-m", "segdeploy", "train", *args.split(), "--out", "m.pt", cwd=tmp_path)
     assert done.stdout.count("best val mIoU") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.last.pt", "m.pt"]
+
+
+TINY = ["unet", "--variant", "tiny", "--img-size", "32", "--train-samples", "8"]
+
+
+def _segdeploy_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "segdeploy", "train", *TINY, "--val-samples", "4", *args]
+
+
+def test_nproc_2_prints_once_and_writes_one_checkpoint(tmp_path):
+    command = _segdeploy_command("--epochs", "1", "--out", "m.pt", "--nproc", "2")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # The plan, the progress line and the summary: rank 0's alone.
+    for once in ("train: 8 images", "epoch 1/1: loss", "training unet", "best val mIoU"):
+        assert done.stdout.count(once) == 1, once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.last.pt", "m.pt"]
+    assert read_checkpoint(tmp_path / "m.pt")[0].training["distributed"]["processes"] == 2
+
+
+def test_launch_returns_the_exit_code_of_the_launched_run(capfd):
+    before = signal.getsignal(signal.SIGINT), os.environ.get("OMP_NUM_THREADS")
+    # Each process runs `python -m segdeploy no-such-command`: a usage error, exit code 2.
+    assert launch(2, "segdeploy", ["no-such-command"]) == 2
+    assert capfd.readouterr().err.count("No such command") == 2  # both ranks ran it
+    # The launcher's signal handlers and environment are this process's own again.
+    assert (signal.getsignal(signal.SIGINT), os.environ.get("OMP_NUM_THREADS")) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="finds the ranks in /proc")
+def test_ctrl_c_stops_every_rank_with_exit_code_130(tmp_path):
+    command = _segdeploy_command("--epochs", "200", "--out", "c.pt", "--nproc", "2")
+    parent = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for line in parent.stdout:
+            if line.startswith("epoch 1/200"):
+                break
+        assert len(_running_in(tmp_path)) == 3  # the command and its two ranks
+        parent.send_signal(signal.SIGINT)  # what Ctrl-C sends to the command's process group
+        assert parent.wait(timeout=120) == 130
+    finally:
+        parent.kill()
+    assert parent.stderr.read().count("interrupted") == 2  # each rank got it
+    assert _running_in(tmp_path) == []
+
+
+def _running_in(folder: Path) -> list[Path]:
+    """The processes whose working directory is ``folder`` (Linux's /proc)."""
+    found = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if (process / "cwd").resolve(strict=True) == folder.resolve():
+                found.append(process)
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return found
 
 
 # In-process checks of the single-process defaults and the refusals (no process group).
