@@ -27,6 +27,9 @@ def serve(
         int | None, typer.Option(min=1, help="gRPC port; default: --port + 1.")
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = _SERVE.host,
+    name: Annotated[
+        str | None, typer.Option(help="Model name on the server; default: the file's stem.")
+    ] = None,
     max_batch: Annotated[
         int, typer.Option(min=1, help="Largest batch Triton's dynamic batcher forms.")
     ] = _SERVE.max_batch,
@@ -41,8 +44,10 @@ def serve(
 ) -> None:
     """Serve MODEL.onnx on Triton Inference Server (nvidia-pytriton) until Ctrl-C.
 
-    Clients send an RGB uint8 array "image" (batch, height, width, 3) and get "mask" (batch,
-    height, width) uint8, or "label" and "probabilities" from a classifier.
+    Clients send either an RGB uint8 array "image" (batch, height, width, 3) or the bytes of
+    image files (PNG, JPEG, ...) as "encoded_image" (batch, 1), and get "mask" (batch, height,
+    width) uint8, or "label" and "probabilities" from a classifier. A bad request gets HTTP 400
+    with one sentence; the other requests of its batch are answered as usual.
     """
     from segdeploy.serve.triton_server import serve_until_stopped, triton_server
 
@@ -50,6 +55,7 @@ def serve(
         port=port,
         grpc_port=grpc_port,
         host=host,
+        name=name,
         max_batch=max_batch,
         instances=instances,
         max_side=max_side,
@@ -58,7 +64,7 @@ def serve(
     )
     with triton_server(model_path, options) as triton:
         console.print(
-            f"serving [bold]{escape(model_path.stem)}[/] on http://{host}:{port} "
+            f"serving [bold]{escape(name or model_path.stem)}[/] on http://{host}:{port} "
             f"(gRPC {options.grpc_port or port + 1}); ready; Ctrl-C stops",
             highlight=False,
         )

@@ -1,11 +1,18 @@
 """``segdeploy serve``: a real Triton server (nvidia-pytriton) on a free loopback port.
 
-Needs the ``serve`` extra in an environment with numpy 1.x (nvidia-pytriton 0.7 pins numpy<2);
-elsewhere these tests skip and say why.
+The server tests need the ``serve`` extra in an environment with numpy 1.x (nvidia-pytriton 0.7
+pins numpy<2); elsewhere they skip and say why. The request handling (``make_infer``,
+``decode_image``) is tested without a server in every environment.
+
+Exports: where torch is installed, the shared tiny exports of ``conftest.py``; in the serving
+environment (no torch), a subprocess exports them with the Python of ``SEGDEPLOY_TORCH_PYTHON``,
+default ``.venv/bin/python`` of this checkout (CI creates it first).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import os
 import signal
 import subprocess
@@ -13,83 +20,386 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import DataError, SegdeployError
+from segdeploy.core.images import load_image
 from segdeploy.runtime import open_model
-from segdeploy.serve.triton_server import ServeOptions, check_serving_stack, free_port
+from segdeploy.serve.triton_server import (
+    ERROR_KEY,
+    ServeOptions,
+    check_serving_stack,
+    decode_image,
+    free_port,
+    make_infer,
+)
 
-try:
-    check_serving_stack()
-except SegdeployError as err:
-    pytest.skip(str(err), allow_module_level=True)
-http = pytest.importorskip("tritonclient.http")
-pytestmark = pytest.mark.slow  # starting Triton takes a few seconds
+REPO = Path(__file__).resolve().parents[2]
+
+_EXPORT = """
+import sys
+from pathlib import Path
+import torch
+from segdeploy.core.card import ModelCard
+from segdeploy.export import export_checkpoint
+from segdeploy.models import create_model, get_spec
+from segdeploy.train.checkpoint import save_checkpoint
+
+out = Path(sys.argv[1])
+for arch in sys.argv[2:]:
+    spec = get_spec(arch)
+    kwargs = spec.variant_kwargs(spec.smallest_variant)
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=4, **kwargs).eval()
+    card = ModelCard(arch=arch, task=spec.task, model_kwargs=kwargs,
+                     class_names=("background", "road", "vehicle", "pedestrian"),
+                     size_multiple=spec.size_multiple)
+    save_checkpoint(model, card, out / f"{arch}.pt")
+    export_checkpoint(out / f"{arch}.pt", out=out / f"{arch}.onnx", shapes=[(1, 16, 16)],
+                      providers=["cpu"])
+"""
 
 
-@pytest.fixture(scope="module")
-def server(unet_onnx):
-    from segdeploy.serve.triton_server import triton_server
-
-    options = ServeOptions(port=free_port(), grpc_port=free_port(), max_batch=4, max_side=256)
-    with triton_server(unet_onnx, options):
-        yield f"127.0.0.1:{options.port}"
-
-
-def _infer(url: str, image: np.ndarray, datatype: str = "UINT8") -> np.ndarray:
-    client = http.InferenceServerClient(url)
+def _serving_skip_reason() -> str | None:
     try:
-        tensor = http.InferInput("image", list(image.shape), datatype)
-        tensor.set_data_from_numpy(image)
-        return client.infer("unet", [tensor]).as_numpy("mask")
-    finally:
-        client.close()
+        check_serving_stack()
+    except SegdeployError as err:
+        return str(err)
+    if importlib.util.find_spec("tritonclient.http") is None:
+        return "tritonclient[http] is not installed"
+    return None
 
 
-def _images(count: int) -> list[np.ndarray]:
+SKIP_SERVER = _serving_skip_reason()
+needs_server = pytest.mark.skipif(SKIP_SERVER is not None, reason=SKIP_SERVER or "")
+
+
+@pytest.fixture(scope="session")
+def exported_elsewhere(tmp_path_factory) -> dict[str, Path]:
+    """Tiny U-Net and ResNet-18 exports made by a Python that has torch."""
+    python = os.environ.get("SEGDEPLOY_TORCH_PYTHON") or str(REPO / ".venv" / "bin" / "python")
+    if not Path(python).exists():
+        pytest.skip(f"no torch here and no {python} to export the test models with")
+    out = tmp_path_factory.mktemp("exports")
+    done = subprocess.run(
+        [python, "-c", _EXPORT, str(out), "unet", "resnet18"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, f"exporting the test models failed:\n{done.stderr[-3000:]}"
+    return {"unet": out / "unet.onnx", "resnet18": out / "resnet18.onnx"}
+
+
+def _export(request, arch: str, conftest_fixture: str) -> Path:
+    if importlib.util.find_spec("torch") is not None:
+        return Path(request.getfixturevalue(conftest_fixture))
+    return request.getfixturevalue("exported_elsewhere")[arch]
+
+
+@pytest.fixture(scope="session")
+def unet_export(request) -> Path:
+    return _export(request, "unet", "unet_onnx")
+
+
+@pytest.fixture(scope="session")
+def resnet_export(request) -> Path:
+    return _export(request, "resnet18", "resnet_onnx")
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    """A real photograph (scikit-image's astronaut), cropped to 97x133: not a multiple of 16."""
+    skimage_data = pytest.importorskip("skimage.data")
+    return np.ascontiguousarray(skimage_data.astronaut()[120:217, 160:293])
+
+
+def _encoded(image: np.ndarray, format: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def _random_images(count: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     sizes = [(37, 53), (64, 64), (20, 33), (64, 64)]
     return [rng.integers(0, 256, (*sizes[i % 4], 3), dtype=np.uint8) for i in range(count)]
 
 
-def test_concurrent_clients_get_the_runtime_masks_bit_for_bit(server, unet_onnx):
-    http.InferenceServerClient(server).is_model_ready("unet")
-    images = _images(16)
+# --- request handling, no server ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG"])
+def test_decode_image_gives_the_pixels_load_image_reads_from_the_file(photo, tmp_path, format):
+    path = tmp_path / f"photo.{format.lower()}"
+    Image.fromarray(photo).save(path, format=format)
+    np.testing.assert_array_equal(decode_image(path.read_bytes()), load_image(path))
+
+
+def test_decode_image_refuses_what_is_no_whole_image_with_one_sentence(photo):
+    png = _encoded(photo, "PNG")
+    cases = [
+        (b"GIF89 but not really", "cannot identify as an image"),
+        (png[: len(png) // 2], "truncated or corrupt pixel data"),
+    ]
+    for blob, answer in cases:
+        with pytest.raises(DataError, match=answer):
+            decode_image(blob)
+    with pytest.raises(DataError, match=r"97x133 \(height x width\) is over .* limit of 64"):
+        decode_image(png, max_side=64)
+
+
+def test_a_bad_request_gets_its_own_error_and_the_rest_of_the_batch_its_masks(unet_export, photo):
+    model = open_model(unet_export, provider="cpu")
+    infer = make_infer(model, max_side=256)
+    good = _random_images(2)
+    requests = [
+        {"image": good[0][None]},
+        {"encoded_image": np.array([[b"not an image"]], dtype=np.object_)},
+        {"encoded_image": np.array([[_encoded(photo, "PNG")]], dtype=np.object_)},
+        {"image": np.zeros((1, 300, 20, 3), np.uint8)},
+        {"image": good[1][None], "encoded_image": np.array([[b"x"]], dtype=np.object_)},
+        {"image": np.zeros((2, 16, 16, 4), np.uint8)},
+        {"image": np.stack([good[1], good[1]])},
+    ]
+    responses = infer(requests)
+    assert len(responses) == len(requests)
+    np.testing.assert_array_equal(responses[0]["mask"], model.predict(good[0])[None])
+    np.testing.assert_array_equal(responses[2]["mask"], model.predict(photo)[None])
+    np.testing.assert_array_equal(responses[6]["mask"], np.stack([model.predict(good[1])] * 2))
+    errors = {i: responses[i][ERROR_KEY].item(0).decode() for i in (1, 3, 4, 5)}
+    assert all(set(responses[i]) == {ERROR_KEY} for i in errors)
+    assert "encoded_image: expected the bytes of an image file" in errors[1]
+    assert (
+        errors[3]
+        == "image: 300x20 (height x width) is over the server's limit of 256 pixels a side"
+    )
+    assert "found image and encoded_image" in errors[4]
+    assert "expected 3 channels (RGB)" in errors[5] and "found 4" in errors[5]
+
+
+# --- a real Triton server -----------------------------------------------------------------------
+
+
+def _serve(model_path: Path, **kwargs):
+    from segdeploy.serve.triton_server import triton_server
+
+    options = ServeOptions(port=free_port(), grpc_port=free_port(), **kwargs)
+    return options, triton_server(model_path, options)
+
+
+@pytest.fixture(scope="module")
+def server(unet_export):
+    """``(url, triton)``: the U-Net served with batches of up to 4 gathered for 50 ms."""
+    if SKIP_SERVER:
+        pytest.skip(SKIP_SERVER)
+    options, context = _serve(unet_export, max_batch=4, max_side=256, max_queue_delay_us=50_000)
+    with context as triton:
+        yield f"127.0.0.1:{options.port}", triton
+
+
+def _client(url: str):
+    import tritonclient.http as http
+
+    return http.InferenceServerClient(url)
+
+
+def _inputs(name: str, array: np.ndarray, datatype: str) -> list:
+    import tritonclient.http as http
+
+    tensor = http.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return [tensor]
+
+
+def _array(image: np.ndarray, datatype: str = "UINT8") -> list:
+    return _inputs("image", image, datatype)
+
+
+def _file(blob: bytes) -> list:
+    return _inputs("encoded_image", np.array([[blob]], dtype=np.object_), "BYTES")
+
+
+def _ask(url: str, inputs: list, model: str = "unet"):
+    client = _client(url)
+    try:
+        return client.infer(model, inputs)
+    finally:
+        client.close()
+
+
+def _status(url: str, inputs: list) -> tuple[str, str]:
+    """``(HTTP status, message)`` of a request that must fail."""
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as caught:
+        _ask(url, inputs)
+    return caught.value.status(), caught.value.message()
+
+
+@needs_server
+@pytest.mark.slow
+def test_concurrent_clients_get_the_runtime_masks_bit_for_bit(server, unet_export):
+    url, _ = server
+    images = _random_images(16)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        served = list(pool.map(lambda image: _infer(server, image[None]), images))
-    local = open_model(unet_onnx, provider="cpu")
-    for image, mask in zip(images, served, strict=True):
+        served = list(pool.map(lambda image: _ask(url, _array(image[None])), images))
+    local = open_model(unet_export, provider="cpu")
+    for image, result in zip(images, served, strict=True):
+        mask = result.as_numpy("mask")
         assert mask.shape == (1, *image.shape[:2]) and mask.dtype == np.uint8
         np.testing.assert_array_equal(mask[0], local.predict(image))
 
 
-@pytest.mark.parametrize(
-    ("image", "datatype", "answer"),
-    [
-        (np.zeros((1, 32, 32, 3), np.float32), "FP32", "expects 'UINT8'"),
-        (np.zeros((1, 32), np.uint8), "UINT8", "unexpected shape"),
-        (np.zeros((1, 300, 32, 3), np.uint8), "UINT8", "over the server's limit of 256"),
-        (np.zeros((1, 32, 32, 4), np.uint8), "UINT8", "expected 3 channels"),
-    ],
-    ids=["dtype", "rank", "too-large", "channels"],
-)
-def test_bad_requests_get_an_error_and_the_server_keeps_serving(
-    server, unet_onnx, image, datatype, answer
+@needs_server
+@pytest.mark.slow
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "BMP"])
+def test_an_encoded_file_gets_the_mask_predict_gives_for_that_file(
+    server, unet_export, photo, tmp_path, format
 ):
-    with pytest.raises(http.InferenceServerException, match=answer):
-        _infer(server, image, datatype)
-    good = _images(1)[0]
-    np.testing.assert_array_equal(
-        _infer(server, good[None])[0], open_model(unet_onnx, provider="cpu").predict(good)
+    url, _ = server
+    image = photo.copy()
+    image[:4] = 0  # a BMP file stores the top row last: its bytes then end in zeros
+    path = tmp_path / f"photo.{format.lower()}"
+    Image.fromarray(image).save(path, format=format)
+    mask = _ask(url, _file(path.read_bytes())).as_numpy("mask")
+    np.testing.assert_array_equal(mask[0], open_model(unet_export, provider="cpu").predict(path))
+
+
+#: Bad requests and the exact answers the server gives (HTTP status, message).
+BAD_REQUESTS = {
+    "dtype": (
+        lambda: _array(np.zeros((1, 32, 32, 3), np.float32), "FP32"),
+        "inference input 'image' data-type is 'FP32', but model 'unet' expects 'UINT8'",
+    ),
+    "rank": (
+        lambda: _array(np.zeros((1, 32), np.uint8)),
+        "unexpected shape for input 'image' for model 'unet'. Expected [-1,-1,-1,-1], got [1,32]",
+    ),
+    "too-large": (
+        lambda: _array(np.zeros((1, 300, 32, 3), np.uint8)),
+        "image: 300x32 (height x width) is over the server's limit of 256 pixels a side",
+    ),
+    "channels": (
+        lambda: _array(np.zeros((1, 32, 32, 4), np.uint8)),
+        "image: expected 3 channels (RGB) in (batch, height, width, 3), found 4",
+    ),
+    "empty": (
+        lambda: _array(np.zeros((1, 16, 0, 3), np.uint8)),
+        "image: expected a non-empty input, found shape [1, 16, 0, 3]",
+    ),
+    "corrupt-file": (
+        lambda: _file(b"not an image"),
+        "encoded_image: expected the bytes of an image file (PNG, JPEG, ...), found 12 bytes "
+        "that Pillow cannot identify as an image",
+    ),
+    "truncated-file": (
+        lambda: _file(_encoded(_random_images(1)[0], "PNG")[:100]),
+        "encoded_image: expected a complete image file, found truncated or corrupt pixel data",
+    ),
+    "too-large-file": (
+        lambda: _file(_encoded(np.zeros((20, 300, 3), np.uint8), "PNG")),
+        "encoded_image: 20x300 (height x width) is over the server's limit of 256 pixels a side",
+    ),
+    "both-inputs": (
+        lambda: _array(_random_images(1)[0][None]) + _file(b"x"),
+        "send one input: 'image' (uint8, (batch, height, width, 3)) or 'encoded_image' "
+        "(bytes of a PNG or JPEG file, (batch, 1)); found image and encoded_image",
+    ),
+    "no-input": (lambda: [], "request has 0 inputs"),
+}
+
+
+@needs_server
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_get_a_400_sentence_and_the_server_keeps_serving(server, unet_export, case):
+    url, _ = server
+    make_inputs, answer = BAD_REQUESTS[case]
+    status, message = _status(url, make_inputs())
+    assert status == "400", message
+    assert answer in message and "Traceback" not in message and "\n" not in message
+    good = _random_images(1)[0]
+    mask = _ask(url, _array(good[None])).as_numpy("mask")[0]
+    np.testing.assert_array_equal(mask, open_model(unet_export, provider="cpu").predict(good))
+
+
+def _batch_sizes(url: str, triton) -> dict[int, int]:
+    """Triton's count of executions per batch size for "unet"."""
+    # PyTriton protects the statistics endpoint with a token it generates and keeps here.
+    headers = {"triton-access-token": triton._security_config.access_token}
+    stats = _client(url).get_inference_statistics("unet", headers=headers)
+    batches = stats["model_stats"][0]["batch_stats"]
+    return {entry["batch_size"]: entry["compute_infer"]["count"] for entry in batches}
+
+
+def _send_together(url: str, blobs: list[bytes]) -> list:
+    """Send each file from its own thread at the same moment; a mask or the error, per file."""
+    start = threading.Barrier(len(blobs))
+
+    def send(blob: bytes):
+        start.wait()
+        try:
+            return _ask(url, _file(blob)).as_numpy("mask")[0]
+        except Exception as err:  # the corrupt one: checked by the caller
+            return err
+
+    with ThreadPoolExecutor(max_workers=len(blobs)) as pool:
+        return list(pool.map(send, blobs))
+
+
+@needs_server
+@pytest.mark.slow
+def test_a_corrupt_file_fails_alone_in_its_dynamic_batch(server, unet_export, photo):
+    url, triton = server
+    local = open_model(unet_export, provider="cpu")
+    blobs = [_encoded(photo, "PNG"), b"corrupt", _encoded(photo[:64], "PNG")]
+    blobs.append(_encoded(photo, "JPEG"))
+    for _attempt in range(3):  # the four must reach the batcher within its 50 ms window
+        before = _batch_sizes(url, triton).get(4, 0)
+        answers = _send_together(url, blobs)
+        if _batch_sizes(url, triton).get(4, 0) > before:
+            break
+    else:
+        pytest.fail("Triton never put the four requests in one batch")
+    assert answers[1].status() == "400" and "cannot identify as an image" in answers[1].message()
+    for index in (0, 2, 3):
+        expected = local.predict(decode_image(blobs[index]))
+        np.testing.assert_array_equal(answers[index], expected)
+
+
+@needs_server
+@pytest.mark.slow
+def test_a_classifier_answers_label_and_probabilities_as_predict_does(resnet_export, face_set):
+    files = (
+        sorted((face_set / "face").glob("*.png"))[:2]
+        + sorted((face_set / "non_face").glob("*.png"))[:2]
     )
+    local = open_model(resnet_export, provider="cpu")
+    options, context = _serve(resnet_export, max_batch=4, name="faces")
+    with context:
+        url = f"127.0.0.1:{options.port}"
+        for path in files:
+            label, probabilities = local.predict(path)
+            as_file = _ask(url, _file(path.read_bytes()), model="faces")
+            pixels = load_image(path)[None]
+            as_array = _ask(url, _array(pixels), model="faces")
+            for result in (as_file, as_array):
+                assert result.as_numpy("label").tolist() == [[label.encode()]]
+                np.testing.assert_array_equal(result.as_numpy("probabilities")[0], probabilities)
 
 
-def test_cli_serves_until_ctrl_c_and_stops(unet_onnx):
+@needs_server
+@pytest.mark.slow
+def test_cli_serves_until_ctrl_c_and_stops(unet_export):
     port = free_port()
-    command = [sys.executable, "-m", "segdeploy", "serve", str(unet_onnx), "--port", str(port)]
-    command += ["--grpc-port", str(free_port())]
+    command = [sys.executable, "-m", "segdeploy", "serve", str(unet_export), "--port", str(port)]
+    command += ["--grpc-port", str(free_port()), "--name", "roads"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
@@ -100,7 +410,9 @@ def test_cli_serves_until_ctrl_c_and_stops(unet_onnx):
         while not any(line.startswith("serving") for line in lines):
             assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
-        assert _infer(f"127.0.0.1:{port}", _images(1)[0][None]).shape == (1, 37, 53)
+        url = f"127.0.0.1:{port}"
+        mask = _ask(url, _array(_random_images(1)[0][None]), model="roads").as_numpy("mask")
+        assert mask.shape == (1, 37, 53)
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
         reader.join(timeout=10)
@@ -109,6 +421,6 @@ def test_cli_serves_until_ctrl_c_and_stops(unet_onnx):
             os.kill(process.pid, signal.SIGKILL)
     output = "".join(lines)
     assert process.returncode == 0, output
-    assert "stopped" in output and "Traceback" not in output
+    assert "serving roads on" in output and "stopped" in output and "Traceback" not in output
     with pytest.raises(ConnectionError):  # nothing listens on the port any more
-        http.InferenceServerClient(f"127.0.0.1:{port}").is_server_live()
+        _client(url).is_server_live()
