@@ -308,7 +308,7 @@ def standing(judged: dict) -> list[str]:
     if not ours:
         return [ENGINE_LABELS[judged["first"]], "-"]
     noise = "within noise" if judged.get("segdeploy_within_noise_of_first") else "outside noise"
-    path = ENGINE_LABELS[judged["segdeploy_fastest"]].removeprefix("segdeploy ")
+    path = ENGINE_LABELS[judged["segdeploy_fastest"]].removeprefix("segdeploy (").rstrip(")")
     return [ENGINE_LABELS[judged["first"]], f"{ours:.3f} via {path} ({noise})"]
 
 
