@@ -31,9 +31,12 @@ from segdeploy.export.contract import (
 PARITY_SHAPES = format_shapes(DEFAULT_PARITY_SHAPES) + " for a size multiple of 16"
 
 
-# The accuracy gate's options, shared by quantize and convert-fp16.
+# The accuracy gate's options, shared by quantize, convert-fp16 and convert-bf16.
 EvalSamples = Annotated[
     int, typer.Option(min=1, help="Held-out images for the gate (validation split).")
+]
+GradingData = Annotated[
+    str, typer.Option(help="'synthetic' or a data folder; its validation split grades.")
 ]
 MaxDropPoints = Annotated[
     float, typer.Option(help="Largest tolerated mIoU/accuracy drop, in points.")
@@ -157,9 +160,7 @@ def quantize(
 
 def convert_fp16(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
-    data: Annotated[
-        str, typer.Option(help="'synthetic' or a data folder; its validation split grades.")
-    ] = DEFAULT_CALIBRATION,
+    data: GradingData = DEFAULT_CALIBRATION,
     eval_samples: EvalSamples = DEFAULT_EVAL_SAMPLES,
     max_drop: MaxDropPoints = 100 * MAX_METRIC_DROP["fp16"],
     provider: Annotated[
@@ -179,9 +180,7 @@ def convert_fp16(
 
 def convert_bf16(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
-    data: Annotated[
-        str, typer.Option(help="'synthetic' or a data folder; its validation split grades.")
-    ] = DEFAULT_CALIBRATION,
+    data: GradingData = DEFAULT_CALIBRATION,
     eval_samples: EvalSamples = DEFAULT_EVAL_SAMPLES,
     max_drop: MaxDropPoints = 100 * MAX_METRIC_DROP["bf16"],
     out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.bf16.onnx]")] = None,

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segdeploy.core.artifacts import PRECISION_KEY
 from segdeploy.export.contract import (
     BF16_GATE_PROVIDER,
     DEFAULT_CALIBRATION,
     DEFAULT_EVAL_SAMPLES,
     MAX_METRIC_DROP,
 )
-from segdeploy.export.gates import GateResult, gate_and_write, load_split
-from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
+from segdeploy.export.gates import GateResult, gate_variant
 
 
 def convert_bf16(
@@ -46,14 +44,13 @@ def convert_bf16(
         ProviderUnavailableError: OpenVINO is not installed, or this CPU cannot compute bf16.
         AccuracyGateError: the bf16 model failed the gate (``.result``); no file was written.
     """
-    onnx_path, model, out, card = open_fp32_parent(onnx_path, out, "bf16", "convert-bf16")
-    gate = load_split(card, data, "val", eval_samples, int(card.training.get("seed", 0)))
-    attach_metadata(model, {PRECISION_KEY: "bf16"})
-    return gate_and_write(
+    return gate_variant(
         onnx_path,
-        model,
         out,
-        gate,
+        "bf16",
+        lambda model: model,  # the same graph: the precision mark alone changes the arithmetic
+        data,
+        eval_samples,
         max_drop=max_drop,
         min_agreement=min_agreement,
         provider=BF16_GATE_PROVIDER,

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segdeploy.core.artifacts import PRECISION_KEY
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
     DEFAULT_EVAL_SAMPLES,
     DEFAULT_GATE_PROVIDER,
     MAX_METRIC_DROP,
 )
-from segdeploy.export.gates import GateResult, gate_and_write, load_split
-from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
+from segdeploy.export.gates import GateResult, gate_variant
 
 #: Ops kept in FP32 by :func:`convert_fp16`: reductions and exponentials lose accuracy or
 #: overflow in half precision; ONNX Runtime's own default list covers the rest.
@@ -55,20 +53,18 @@ def convert_fp16(
     """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    onnx_path, model, out, card = open_fp32_parent(onnx_path, out, "fp16", "convert-fp16")
-    gate = load_split(card, data, "val", eval_samples, int(card.training.get("seed", 0)))
-    parent_metadata = {p.key: p.value for p in model.metadata_props}
-    half = convert_float_to_float16(
-        model,
-        keep_io_types=True,
-        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_BLOCKED_OPS],
-    )
-    attach_metadata(half, parent_metadata | {PRECISION_KEY: "fp16"})
-    return gate_and_write(
+    def half(model):
+        return convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_BLOCKED_OPS]
+        )
+
+    return gate_variant(
         onnx_path,
-        half,
         out,
-        gate,
+        "fp16",
+        half,
+        data,
+        eval_samples,
         max_drop=max_drop,
         min_agreement=min_agreement,
         provider=provider,

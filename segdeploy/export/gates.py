@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from segdeploy.core.artifacts import (
     GATE_KEY,
     PARENT_SHA256_KEY,
     PRECISION_KEY,
+    VARIANT_COMMANDS,
     gate_report_path,
 )
 from segdeploy.core.card import ModelCard
@@ -44,7 +46,7 @@ from segdeploy.core.metrics import confusion_matrix, metrics_from_confusion, sco
 from segdeploy.core.parity import CaseReport, Tolerance, compare_values, pool_cases
 from segdeploy.data.samples import LabelledImage, labelled_images
 from segdeploy.export.contract import CONTRACTS, DEFAULT_GATE_PROVIDER, MAX_METRIC_DROP
-from segdeploy.export.onnx_file import attach_metadata
+from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
 from segdeploy.runtime import open_model
 from segdeploy.runtime.model import SegmentationModel
 
@@ -320,6 +322,27 @@ def gate_and_write(
     attach_metadata(variant, metadata)
     _write_pair(variant, result)
     return result
+
+
+def gate_variant(
+    onnx_path: str | Path,
+    out: str | Path | None,
+    precision: str,
+    make: Callable[[onnx.ModelProto], onnx.ModelProto],
+    data: str,
+    eval_samples: int,
+    **thresholds: Any,
+) -> GateResult:
+    """What every variant graded on data alone (FP16, bf16) does: open the FP32 export, make the
+    variant with ``make(model)``, mark it with its parent's metadata and ``precision``, and gate
+    it on ``eval_samples`` validation images of ``data`` (:func:`gate_and_write`)."""
+    command = VARIANT_COMMANDS[precision]
+    onnx_path, model, out, card = open_fp32_parent(onnx_path, out, precision, command)
+    gate = load_split(card, data, "val", eval_samples, int(card.training.get("seed", 0)))
+    parent_metadata = {p.key: p.value for p in model.metadata_props}
+    variant = make(model)
+    attach_metadata(variant, parent_metadata | {PRECISION_KEY: precision})
+    return gate_and_write(onnx_path, variant, out, gate, **thresholds)
 
 
 def _write_pair(variant: onnx.ModelProto, result: GateResult) -> None:
