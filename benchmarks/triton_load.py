@@ -25,13 +25,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from e2e_latency import export_small_unet  # the same model (benchmarks/ is on sys.path)
 
 from segdeploy.runtime import open_model
 from segdeploy.serve.triton_server import ServeOptions, free_port, triton_server
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "triton"
+
+
+def _small_unet(folder: Path) -> Path:
+    """The e2e benchmark's model. Imported here: it needs torch, which the serve environment
+    (numpy<2, for PyTriton) usually lacks; pass ``--model`` there."""
+    from e2e_latency import export_small_unet  # benchmarks/ is on sys.path
+
+    return export_small_unet(folder)
 
 
 def load(call: Callable[[], object], clients: int, seconds: float) -> dict[str, float]:
@@ -92,7 +99,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = args.model or export_small_unet(Path(tmp))
+        model_path = args.model or _small_unet(Path(tmp))
         image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8)
         model = open_model(model_path, provider="cpu")
         expected = model.predict(image)
