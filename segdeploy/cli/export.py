@@ -64,9 +64,20 @@ def export(
             "post-processing inside the graph (checked against predict).",
         ),
     ] = False,
+    batch_input: Annotated[
+        bool,
+        typer.Option(
+            "--batch-input",
+            help="With --end-to-end: the graph takes (N, H, W, C), N images of one size, "
+            "instead of one (H, W, C) image.",
+        ),
+    ] = False,
 ) -> None:
     """Export a checkpoint to ONNX; refuse to finish if ONNX Runtime disagrees with PyTorch."""
     from segdeploy.export import export_checkpoint
+
+    if batch_input and not end_to_end:
+        raise SegdeployError("--batch-input shapes the end-to-end graph: add --end-to-end")
 
     with console.status(f"exporting {checkpoint} (torch.export + onnxsim + parity)"):
         result = export_checkpoint(
@@ -86,16 +97,16 @@ def export(
     )
     console.print(f"wrote [bold]{result.onnx_path}[/] and {result.report_path}")
     if end_to_end:
-        _export_end_to_end(result.onnx_path)
+        _export_end_to_end(result.onnx_path, batch_input)
 
 
-def _export_end_to_end(onnx_path: Path) -> None:
+def _export_end_to_end(onnx_path: Path, batch: bool) -> None:
     """The end-to-end graph beside a fresh export, and one line of its parity gate."""
     from segdeploy.export.end_to_end import export_end_to_end
 
     with console.status(f"building and checking the end-to-end graph of {onnx_path}"):
         # An x.e2e.onnx already there was made from an x.onnx that this export just replaced.
-        result = export_end_to_end(onnx_path, force=True)
+        result = export_end_to_end(onnx_path, force=True, batch=batch)
     report = result.report
     console.print(
         f"end-to-end graph: {report.agreement:.4%} of {report.task} results equal predict's on "

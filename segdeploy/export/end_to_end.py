@@ -5,6 +5,8 @@
 JavaScript needs nothing but an ONNX Runtime binding and the decoded pixels::
 
     image (height, width, C) uint8       one image per call, any height and width
+                                         (or, made with batch=True, (N, height, width, C):
+                                         N images of one size; every output gains the N axis)
       -> float, (1, C, height, width)
       -> resize by the card's input contract ('fixed', 'shorter_side'; nothing for 'pad')
       -> pad at the bottom and right to the size multiple with the card's padding mode
@@ -338,14 +340,18 @@ def _pad(b: _Builder, x: str, rhw: str, card: ModelCard) -> str:
     return x
 
 
-def _model_input(b: _Builder, card: ModelCard, out: str) -> tuple[str, str]:
-    """Nodes from the uint8 image to the model's input ``out``; returns the image's ``(2,)``
-    size and its size after the contract's resize (the region the model's output covers)."""
-    hw = b.op("Slice", b.op("Shape", INPUT_NAME), b.const([0]), b.const([2]))  # (2,) h, w
-    pixels = b.op(
-        "Transpose", INPUT_NAME, perm=[2, 0, 1]
-    )  # (C, h, w) uint8: a quarter of the bytes
-    pixels = b.op("Unsqueeze", pixels, b.const([0]))  # (1, C, h, w)
+def _model_input(b: _Builder, card: ModelCard, out: str, batch: bool) -> tuple[str, str]:
+    """Nodes from the uint8 image (a batch of them with ``batch``) to the model's input ``out``;
+    returns the image's ``(2,)`` size and its size after the contract's resize (the region the
+    model's output covers)."""
+    first = 1 if batch else 0  # the axis of the height
+    shape = b.op("Shape", INPUT_NAME)
+    hw = b.op("Slice", shape, b.const([first]), b.const([first + 2]))  # (2,) h, w
+    # (N, C, h, w) while still uint8: a quarter of the bytes to move.
+    if batch:
+        pixels = b.op("Transpose", INPUT_NAME, perm=[0, 3, 1, 2])
+    else:
+        pixels = b.op("Unsqueeze", b.op("Transpose", INPUT_NAME, perm=[2, 0, 1]), b.const([0]))
     rhw = hw
     if card.input.resize == "pad":
         x = b.op("Cast", pixels, to=TensorProto.FLOAT)
@@ -363,51 +369,63 @@ def _model_input(b: _Builder, card: ModelCard, out: str) -> tuple[str, str]:
     return hw, rhw
 
 
-def _outputs(b: _Builder, card: ModelCard, logits: str, hw: str, rhw: str) -> None:
-    """Nodes from the model's output to the graph's outputs (:data:`OUTPUT_NAMES`)."""
+def _outputs(b: _Builder, card: ModelCard, logits: str, hw: str, rhw: str, batch: bool) -> None:
+    """Nodes from the model's output (``(N, ...)``) to the graph's outputs
+    (:data:`OUTPUT_NAMES`), without the N axis for a one-image graph."""
+
+    def unbatched(name: str, out: str) -> str:
+        if batch:
+            return b.op("Identity", name, out=out)
+        return b.op("Squeeze", name, b.const([0]), out=out)
+
     if card.task == "classification":
-        probabilities = b.op(
-            "Squeeze", b.op("Softmax", logits, axis=1), b.const([0]), out="probabilities"
-        )
-        b.op("ArgMax", probabilities, axis=0, keepdims=0, out="label")
+        probabilities = b.op("Softmax", logits, axis=1)  # (N, K)
+        unbatched(probabilities, "probabilities")
+        unbatched(b.op("ArgMax", probabilities, axis=1, keepdims=0), "label")  # (N,)
         return
-    scores = b.op("Slice", logits, b.const([0, 0]), rhw, b.const([2, 3]))  # (1, K, h', w')
+    scores = b.op("Slice", logits, b.const([0, 0]), rhw, b.const([2, 3]))  # (N, K, h', w')
     if card.input.resize != "pad":
         # Back to the image's size on the float scores (never the integer mask), as the runtime.
         scores = _resize_like_pillow(b, scores, hw, eight_bit=False)
     scores = b.op("Identity", scores, out=SCORES_NAME)
-    labels = b.op("ArgMax", scores, axis=1, keepdims=0)  # (1, h, w) int64, first maximum wins
-    b.op("Cast", b.op("Squeeze", labels, b.const([0])), to=TensorProto.UINT8, out="mask")
+    labels = b.op("ArgMax", scores, axis=1, keepdims=0)  # (N, h, w) int64, first maximum wins
+    unbatched(b.op("Cast", labels, to=TensorProto.UINT8), "mask")
 
 
-def _io(card: ModelCard) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
+def _io(
+    card: ModelCard, batch: bool
+) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
+    # ONNX requires a main-graph input to declare its rank: one image, or a batch, per file.
+    n = ["batch"] if batch else []
     image = helper.make_tensor_value_info(
-        INPUT_NAME, TensorProto.UINT8, ["height", "width", card.in_channels]
+        INPUT_NAME, TensorProto.UINT8, [*n, "height", "width", card.in_channels]
     )
     if card.task == "segmentation":
-        outputs = [helper.make_tensor_value_info("mask", TensorProto.UINT8, ["height", "width"])]
-    else:
-        outputs = [
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [card.num_classes]),
-            helper.make_tensor_value_info("label", _INT64, []),
-        ]
-    return [image], outputs
+        mask = helper.make_tensor_value_info("mask", TensorProto.UINT8, [*n, "height", "width"])
+        return [image], [mask]
+    return [image], [
+        helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [*n, card.num_classes]),
+        helper.make_tensor_value_info("label", _INT64, n),
+    ]
 
 
-def io_description(card: ModelCard) -> dict[str, Any]:
+def io_description(card: ModelCard, batch: bool = False) -> dict[str, Any]:
     """What the :data:`END_TO_END_KEY` record says about the graph's inputs and outputs."""
-    outputs = {"mask": "(height, width) uint8 class indices"}
+    n = "N, " if batch else ""
+    outputs = {"mask": f"({n}height, width) uint8 class indices"}
     if card.task == "classification":
         outputs = {
-            "probabilities": f"({card.num_classes},) float32, summing to 1",
-            "label": "() int64 index into the card's class_names",
+            "probabilities": f"({n}{card.num_classes}) float32, summing to 1",
+            "label": f"({n.rstrip(', ')}) int64 index into the card's class_names",
         }
+    what = "N images of one size" if batch else "one image"
     return {
         "format": END_TO_END_FORMAT,
-        "input": {INPUT_NAME: f"(height, width, {card.in_channels}) uint8, one image"},
+        "batch": batch,
+        "input": {INPUT_NAME: f"({n}height, width, {card.in_channels}) uint8, {what}"},
         "outputs": outputs,
         "steps": [
-            "pixels as float, (1, C, height, width)",
+            f"pixels as float, ({'N' if batch else '1'}, C, height, width)",
             *(
                 []
                 if card.input.resize == "pad"
@@ -427,10 +445,12 @@ def io_description(card: ModelCard) -> dict[str, Any]:
 
 
 def build_end_to_end(
-    model: onnx.ModelProto, card: ModelCard, source: str = "model"
+    model: onnx.ModelProto, card: ModelCard, source: str = "model", batch: bool = False
 ) -> onnx.ModelProto:
     """The end-to-end graph around ``model`` (an export whose card is ``card``), checked by
     ``onnx.checker`` but not yet compared with the runtime (:func:`check_end_to_end` does that).
+    With ``batch`` it takes ``(N, height, width, C)`` (N images of one size) and every output
+    has the N axis; without, one ``(height, width, C)`` image.
 
     The model's nodes and tensors are kept as they are, renamed under ``model/``; the opset and IR
     version are the model's. Metadata: the model's, plus :data:`END_TO_END_KEY`.
@@ -443,10 +463,10 @@ def build_end_to_end(
     initializers = {i.name for i in inner.graph.initializer}
     model_input = next(i.name for i in inner.graph.input if i.name not in initializers)
     b = _Builder()
-    hw, rhw = _model_input(b, card, out=model_input)
+    hw, rhw = _model_input(b, card, model_input, batch)
     b.nodes.extend(inner.graph.node)
-    _outputs(b, card, inner.graph.output[0].name, hw, rhw)
-    inputs, outputs = _io(card)
+    _outputs(b, card, inner.graph.output[0].name, hw, rhw, batch)
+    inputs, outputs = _io(card, batch)
     graph = helper.make_graph(
         b.nodes,
         f"{card.arch}_end_to_end",
@@ -463,7 +483,8 @@ def build_end_to_end(
         producer_name="segdeploy",
     )
     attach_metadata(wrapped, {p.key: p.value for p in model.metadata_props})
-    attach_metadata(wrapped, {END_TO_END_KEY: json.dumps(io_description(card), sort_keys=True)})
+    record = json.dumps(io_description(card, batch), sort_keys=True)
+    attach_metadata(wrapped, {END_TO_END_KEY: record})
     onnx.checker.check_model(wrapped)
     return wrapped
 
@@ -559,11 +580,38 @@ def _named_images(
     return [(describe(image), load_image(image, card.in_channels)) for image in images]
 
 
-def _check_one(session, reference, name: str, pixels: np.ndarray) -> ImageCheck:
-    """Run one image through the graph and the runtime and compare."""
+def _run(session, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """The graph's outputs by name."""
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(None, {INPUT_NAME: pixels}), strict=True))
+
+
+def _row(found: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
+    """One image's outputs out of a batch graph's, shaped as a one-image graph's."""
+    return {
+        name: value[row : row + 1] if name == SCORES_NAME else value[row]
+        for name, value in found.items()
+    }
+
+
+def _checks(session, reference, named: list[tuple[str, np.ndarray]], batch: bool) -> list:
+    """Every gate image through the graph (as a batch of 1 in a batch graph), and for a batch
+    graph also the first image with its mirror image as a batch of 2, each row compared alone."""
+    if not batch:
+        return [_compare(reference, n, p, _run(session, p)) for n, p in named]
+    checks = [_compare(reference, n, p, _row(_run(session, p[None]), 0)) for n, p in named]
+    name, pixels = named[0]
+    pair = np.stack([pixels, np.ascontiguousarray(pixels[:, ::-1])])
+    found = _run(session, pair)
+    for row in range(2):
+        label = f"batch of 2, row {row}: {name}"
+        checks.append(_compare(reference, label, pair[row], _row(found, row)))
+    return checks
+
+
+def _compare(reference, name: str, pixels: np.ndarray, found: dict[str, np.ndarray]) -> ImageCheck:
+    """Compare the graph's outputs for one image with the runtime's ``predict``."""
     height, width = pixels.shape[:2]
-    found = dict(zip(session.get_outputs(), session.run(None, {INPUT_NAME: pixels}), strict=True))
-    found = {output.name: value for output, value in found.items()}
     if reference.card.task == "classification":
         label, probabilities = reference.predict(pixels)
         same = reference.card.class_names[int(found["label"])] == label
@@ -600,7 +648,8 @@ def check_end_to_end(
 
     Masks (labels) must agree on ``min_agreement`` of the pixels (images), pooled; the scores
     behind them within :data:`SCORE_RTOL` of the largest score (segmentation) or
-    :data:`PROBABILITY_ATOL` (classification).
+    :data:`PROBABILITY_ATOL` (classification). A batch graph also runs a batch of 2 images, each
+    row compared with the runtime alone.
 
     Args:
         e2e: the end-to-end graph (from :func:`build_end_to_end`), not yet written.
@@ -614,7 +663,8 @@ def check_end_to_end(
         session = create_session(
             _with_scores(e2e).SerializeToString(), SessionOptions(provider="cpu")
         )
-        checks = tuple(_check_one(session, reference, name, pixels) for name, pixels in named)
+        batch = len(e2e.graph.input[0].type.tensor_type.shape.dim) == 4
+        checks = tuple(_checks(session, reference, named, batch))
     except Exception as err:  # ORT rejects a malformed graph with several exception types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SegdeployError(
@@ -641,8 +691,10 @@ def export_end_to_end(
     out: str | Path | None = None,
     images: Sequence[ImageSource] | None = None,
     force: bool = False,
+    batch: bool = False,
 ) -> EndToEndResult:
-    """Write the end-to-end graph of a segdeploy export (``x.onnx`` -> ``x.e2e.onnx``).
+    """Write the end-to-end graph of a segdeploy export (``x.onnx`` -> ``x.e2e.onnx``); with
+    ``batch``, one that takes ``(N, height, width, C)`` (:func:`build_end_to_end`).
 
     The graph is built, checked against ``segdeploy.runtime``'s ``predict`` on ``images``
     (default: :func:`gate_images`, odd, non-square and tiny sizes) and written atomically only if
@@ -663,11 +715,11 @@ def export_end_to_end(
         raise SegdeployError(f"{out} already exists; pass --force to replace it")
     if out.resolve() == onnx_path.resolve():
         raise SegdeployError(f"{out}: the end-to-end graph cannot replace the export it wraps")
-    e2e = build_end_to_end(model, card, str(onnx_path))
+    e2e = build_end_to_end(model, card, str(onnx_path), batch)
     report = check_end_to_end(e2e, onnx_path, images)
     if not report.passed:
         raise ParityError(_refusal(onnx_path, report), report)
-    record = io_description(card) | {"gate": report.to_dict()}
+    record = io_description(card, batch) | {"gate": report.to_dict()}
     attach_metadata(
         e2e,
         {

@@ -193,6 +193,23 @@ def test_the_file_takes_uint8_pixels_and_carries_the_card(unet_e2e, varied_unet)
     assert props[artifacts.PARENT_SHA256_KEY] == file_sha256(varied_unet)
 
 
+def test_a_batch_graph_gives_each_image_its_own_mask(varied_unet, real_images, tmp_path):
+    """--batch-input: (N, H, W, C) in, (N, H, W) out; each row is that image's predict."""
+    result = export_end_to_end(varied_unet, tmp_path / "b.e2e.onnx", real_images, batch=True)
+    session = _session(result.path)
+    assert session.get_inputs()[0].shape == ["batch", "height", "width", 3]
+    assert session.get_outputs()[0].shape == ["batch", "height", "width"]
+    assert any(i.name.startswith("batch of 2") for i in result.report.images)
+    height, width = 17, 93  # a crop every image but the tiny one covers
+    batch = np.stack([image[:height, :width] for image in real_images[:3]])
+    (masks,) = session.run(["mask"], {"image": batch})
+    assert masks.shape == (3, height, width) and masks.dtype == np.uint8
+    reference = open_model(varied_unet, provider="cpu")
+    for image, mask in zip(batch, masks, strict=True):
+        assert np.mean(mask == reference.predict(image)) >= 0.9999
+    assert not np.array_equal(masks[0], masks[1])  # the rows are the images, not one repeated
+
+
 def test_default_gate_images_pass(varied_unet):
     report = check_end_to_end(
         build_end_to_end(onnx.load(varied_unet), _card(varied_unet)), varied_unet
@@ -287,6 +304,17 @@ def test_classifier_label_and_probabilities_equal_predict(tmp_path, real_images,
         np.testing.assert_allclose(probabilities, expected, atol=1e-6)
         labels.add(name)
     assert len(labels) >= 2  # the labels depend on the image
+    # The batch graph: (N, K) probabilities and (N,) labels, each row the image's own.
+    batched = export_end_to_end(onnx_path, tmp_path / "b.e2e.onnx", images, batch=True)
+    batch = np.stack([np.asarray(Image.fromarray(i[:17, :93]).convert("L")) for i in images[:3]])
+    probabilities, label = _session(batched.path).run(
+        ["probabilities", "label"], {"image": batch[..., None]}
+    )
+    assert probabilities.shape == (3, reference.card.num_classes) and label.shape == (3,)
+    for row, image in enumerate(batch):
+        name, expected = reference.predict(image[..., None])
+        assert reference.card.class_names[int(label[row])] == name
+        np.testing.assert_allclose(probabilities[row], expected, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,3 +365,5 @@ def test_export_command_writes_the_end_to_end_graph_beside_the_model(tiny_checkp
     )
     assert result.exit_code == 0, result.output
     assert "end-to-end graph" in result.output and (tmp_path / "unet.e2e.onnx").is_file()
+    lone = CliRunner().invoke(app, ["export", str(checkpoint), "--batch-input", "--force"])
+    assert lone.exit_code != 0 and "add --end-to-end" in lone.output
