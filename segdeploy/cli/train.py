@@ -145,14 +145,18 @@ def train(
 def _launch(ctx: typer.Context, config: TrainConfig, nproc: int) -> int:
     """Check what can be checked once, then run this command without ``--nproc`` in ``nproc``
     processes; the run's exit code."""
+    from segdeploy.data.folders import folder_layout
     from segdeploy.models import get_spec
     from segdeploy.train.distributed import check_nproc, launch
     from segdeploy.train.loop import check_config, check_output
 
     check_nproc(nproc, config.device)
     # Bad input is one sentence here, not one per process.
-    check_config(config, get_spec(config.arch))
+    spec = get_spec(config.arch)
+    check_config(config, spec)
     check_output(config)
+    if config.data != "synthetic":  # a missing folder or class list (the items: in the ranks)
+        folder_layout(config.data, spec.task, config.classes)
     return launch(nproc, "segdeploy", ["train", *_relaunch_arguments(ctx)], config.device)
 
 

@@ -195,3 +195,6 @@ def test_bad_input_with_nproc_is_one_sentence_before_any_process_starts(tmp_path
     monkeypatch.setattr(distributed, "launch", lambda *args: pytest.fail("launched"))
     result, _ = train(tmp_path, "vit", "--nproc", "2")
     assert result.exit_code == 1 and result.output.count("unknown architecture 'vit'") == 1
+    missing = tmp_path / "no_such_folder"
+    result, _ = train(tmp_path, "unet", "--data", str(missing), "--nproc", "2")
+    assert result.exit_code == 1 and result.output.count(f"data folder {missing}") == 1
