@@ -115,7 +115,8 @@ def _bench_results_table(cases, env: dict[str, Any]) -> Table:
     rounds = any(c.round_speedups and len(c.round_speedups) > 1 for c in cases)
     peak = bool(env.get(PEAK_KEYS["fp32"]))
     columns = ["model", "prec", "batch", "size", *(["iob"] if bound else [])]
-    columns += ["ORT p50", "p90", "p99", "img/s", "torch p50", "speedup"]
+    engine = "OpenVINO" if env["provider"] == "openvino" else "ORT"
+    columns += [f"{engine} p50", "p90", "p99", "img/s", "torch p50", "speedup"]
     columns += ["rounds"] if rounds else []  # the range of the per-round speedups
     columns += ["GFLOP", "GFLOP/s"]
     columns += ["% peak"] if peak else []

@@ -105,6 +105,11 @@ def share_of_peak(case: BenchCase, env: dict[str, Any]) -> float | None:
     return achieved / peak if peak and achieved else None
 
 
+def engine_name(provider: str) -> str:
+    """The engine that runs a bench case's ONNX file, for tables and charts."""
+    return "OpenVINO" if provider == "openvino" else "ONNX Runtime"
+
+
 def eager_precision(precision: str, provider: str) -> str:
     """The precision PyTorch eager runs beside an ONNX Runtime case.
 

@@ -1,11 +1,11 @@
-"""The benchmark chart: p50 latency per case, ONNX Runtime against PyTorch eager."""
+"""The benchmark chart: p50 latency per case, ONNX Runtime (or OpenVINO) against PyTorch eager."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from segdeploy.core.fileio import atomic_write
-from segdeploy.tools.bench import BenchCase, eager_precision
+from segdeploy.tools.bench import BenchCase, eager_precision, engine_name
 
 
 def draw_chart(cases: list[BenchCase], path: Path) -> Path:
@@ -21,7 +21,7 @@ def draw_chart(cases: list[BenchCase], path: Path) -> Path:
         font = ImageFont.load_default(size=14)
     except TypeError:  # Pillow < 10.1: fixed-size bitmap font
         font = ImageFont.load_default()
-    colours = {"onnxruntime": (31, 119, 180), "pytorch eager": (255, 127, 14)}
+    colours = {"onnx": (31, 119, 180), "pytorch eager": (255, 127, 14)}
     label_w, bar_w, row_h, header_h, gap, top = 190, 560, 22, 24, 12, 44
     group_h = header_h + 2 * row_h + gap
     image = Image.new("RGB", (label_w + bar_w + 110, top + group_h * len(cases) + 8), "white")
@@ -34,10 +34,11 @@ def draw_chart(cases: list[BenchCase], path: Path) -> Path:
             f"{case.model.removesuffix('.onnx')}  {case.precision}  batch {case.batch}  "
             f"{case.height}x{case.width}  {case.provider}{bound}"
         )
+        engine = engine_name(case.provider)
         if case.speedup:
-            title += f"  |  ONNX Runtime {case.speedup:.2f}x the speed of eager"
+            title += f"  |  {engine} {case.speedup:.2f}x the speed of eager"
         draw.text((10, y + 4), title, fill="black", font=font)
-        bars = [(f"onnxruntime {case.precision}", "onnxruntime", case.onnx.p50_ms)]
+        bars = [(f"{engine} {case.precision}", "onnx", case.onnx.p50_ms)]
         if case.torch:
             eager = eager_precision(case.precision, case.provider)
             bars.append((f"pytorch eager {eager}", "pytorch eager", case.torch.p50_ms))
