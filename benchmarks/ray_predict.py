@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 # The same photos and model as predict_throughput.py (this folder is on sys.path when run).
-from predict_throughput import export_small_unet, write_photos
+from predict_throughput import _stats, export_small_unet, write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ray"
@@ -50,14 +49,6 @@ def one_run(engine: str, onnx: Path, paths: list[Path], out: Path) -> float:
     seconds = time.perf_counter() - started
     assert summary.images == len(paths) and not summary.failed
     return len(paths) / seconds
-
-
-def _stats(values: list[float]) -> dict:
-    return {
-        "median": round(statistics.median(values), 3),
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
 
 
 def main() -> None:
