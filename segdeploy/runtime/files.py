@@ -22,7 +22,12 @@ from segdeploy.core.errors import SegdeployError
 from segdeploy.core.fileio import atomic_write
 from segdeploy.core.images import load_image
 from segdeploy.runtime import postprocess
-from segdeploy.runtime.model import ClassificationModel, SegmentationModel
+from segdeploy.runtime.model import (
+    ClassificationModel,
+    ImageOutput,
+    PreparedBatch,
+    SegmentationModel,
+)
 from segdeploy.runtime.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP
 
 #: File extensions (lower case) that :func:`collect_images` picks up in folders.
@@ -255,36 +260,66 @@ def _run_pipeline(
     summary: PredictSummary,
     report: ProgressCallback,
 ) -> list[list[str]]:
-    """Decode chunk ``i + 1`` and write chunk ``i - 1`` while chunk ``i`` runs in the session.
+    """Prepare chunk ``i + 1`` and finish chunk ``i - 1`` while chunk ``i`` runs in the session.
 
-    One reader and one writer thread: ONNX Runtime, Pillow's decoders and its PNG encoder
-    release the GIL, so decoding and writing hide behind inference instead of adding to it. The
-    main thread alone touches ``summary`` and calls ``report``, in input order. Memory: at most
-    one decoded chunk ahead and two chunks' masks behind.
+    The main thread does little but call the session: a reader thread decodes and normalises
+    (:meth:`~SegmentationModel.prepare`), a writer thread takes the argmax and writes the PNGs.
+    ONNX Runtime, Pillow and numpy's large loops release the GIL, so that work hides behind
+    inference instead of sitting between two session calls, where it would leave the session's
+    cores idle. The main thread alone touches ``summary`` and calls ``report``, in input order.
+    Memory: at most one prepared chunk ahead and two chunks' logits behind.
     """
     rows: list[list[str]] = []
     with (
         ThreadPoolExecutor(1, thread_name_prefix="segdeploy-decode") as reader,
         ThreadPoolExecutor(1, thread_name_prefix="segdeploy-write") as writer,
     ):
-        next_chunk = reader.submit(_load_chunk, model, chunks[0]) if chunks else None
+        next_chunk = reader.submit(_load_chunk, model, chunks[0], tiling) if chunks else None
         writing: list[tuple[Path, Future]] = []
         for index in range(len(chunks)):
-            loaded, failed = next_chunk.result()
+            chunk = next_chunk.result()
             if index + 1 < len(chunks):
-                next_chunk = reader.submit(_load_chunk, model, chunks[index + 1])
-            for path, error in failed:
+                next_chunk = reader.submit(_load_chunk, model, chunks[index + 1], tiling)
+            for path, error in chunk.failed:
                 summary.failed.append((path, error))
                 report(path, error)
             done_before = len(writing)
-            if loaded:
-                rows += _predict_chunk(
-                    model, loaded, out_dir, overlay, tiling, summary, writer, writing
-                )
+            rows += _predict_chunk(model, chunk, out_dir, overlay, tiling, summary, writer, writing)
             _finish_writes(writing[:done_before], summary, report)
             del writing[:done_before]
         _finish_writes(writing, summary, report)
     return rows
+
+
+@dataclass
+class _Chunk:
+    """One batch of files after the reader thread: ``(path, output name, pixels)`` of the images
+    that loaded, ``(path, error)`` of those that did not, and the session input of the loaded
+    images at the positions ``whole`` (the others are tiled, window by window, on the main
+    thread)."""
+
+    loaded: list[tuple[Path, Path, np.ndarray]]
+    failed: list[tuple[Path, str]]
+    whole: list[int]
+    prepared: PreparedBatch | None
+
+
+def _load_chunk(model, chunk: Sequence[tuple[Path, Path]], tiling: dict) -> _Chunk:
+    """On the reader thread: decode, and prepare what runs whole. Unreadable images are
+    reported by the caller, not raised."""
+    loaded, failed = [], []
+    for path, name in chunk:
+        try:
+            loaded.append((path, name, load_image(path, channels=model.card.in_channels)))
+        except SegdeployError as err:
+            failed.append((path, str(err)))
+    whole = [
+        position
+        for position, (_, _, image) in enumerate(loaded)
+        if not tiling or model.tile_grid(*image.shape[:2], **tiling) is None
+    ]
+    prepared = model.prepare([loaded[i][2] for i in whole]) if whole else None
+    return _Chunk(loaded, failed, whole, prepared)
 
 
 def _finish_writes(writing: list[tuple[Path, Future]], summary: PredictSummary, report) -> None:
@@ -297,7 +332,7 @@ def _finish_writes(writing: list[tuple[Path, Future]], summary: PredictSummary, 
 
 def _predict_chunk(
     model: SegmentationModel | ClassificationModel,
-    loaded: list,
+    chunk: _Chunk,
     out_dir: Path,
     overlay: bool,
     tiling: dict,
@@ -305,45 +340,41 @@ def _predict_chunk(
     writer: ThreadPoolExecutor,
     writing: list[tuple[Path, Future]],
 ) -> list[list[str]]:
-    """Predict the loaded ``(path, name, pixels)`` of one batch; masks go to ``writer`` (their
-    futures appended to ``writing``), a classifier's predictions come back as CSV rows."""
-    images = [image for _, _, image in loaded]
-    if isinstance(model, SegmentationModel):
-        summary.tiled += sum(model.tile_grid(*i.shape[:2], **tiling) is not None for i in images)
-    results = model.predict_batch(images, **tiling)
-    rows = []
-    for (path, name, image), result in zip(loaded, results, strict=True):
-        if isinstance(model, SegmentationModel):
-            write = writer.submit(
-                _write_masks, out_dir / name, image, result, model.palette, overlay
-            )
+    """Run one prepared chunk; masks go to ``writer`` (their futures appended to ``writing``), a
+    classifier's predictions come back as CSV rows."""
+    ran = model.run_prepared(chunk.prepared) if chunk.prepared else []
+    outputs = dict(zip(chunk.whole, ran, strict=True))
+    if isinstance(model, ClassificationModel):
+        predictions = model.finish(list(outputs.values()))
+        writing += [(path, _DONE) for path, _, _ in chunk.loaded]
+        return [
+            [str(path), label, *(f"{p:.6f}" for p in probabilities)]
+            for (path, _, _), (label, probabilities) in zip(chunk.loaded, predictions, strict=True)
+        ]
+    summary.tiled += len(chunk.loaded) - len(chunk.whole)
+    for position, (path, name, image) in enumerate(chunk.loaded):
+        stem = out_dir / name
+        if position in outputs:
+            write = writer.submit(_mask_and_write, model, stem, image, outputs[position], overlay)
         else:
-            label, probabilities = result
-            rows.append([str(path), label, *(f"{p:.6f}" for p in probabilities)])
-            write = _DONE
+            mask = model.predict_batch([image], **tiling)[0]  # tiled: window by window, here
+            write = writer.submit(_write_masks, stem, image, mask, model.palette, overlay)
         writing.append((path, write))
-    return rows
+    return []
 
 
-def _load_chunk(model, chunk) -> tuple[list, list[tuple[Path, str]]]:
-    """``(path, name, pixels)`` of the images of ``chunk`` that load, and ``(path, error)`` of
-    those that do not (reported by the caller, not raised)."""
-    loaded, failed = [], []
-    for path, name in chunk:
-        try:
-            loaded.append((path, name, load_image(path, channels=model.card.in_channels)))
-        except SegdeployError as err:
-            failed.append((path, str(err)))
-    return loaded, failed
+def _mask_and_write(
+    model: SegmentationModel, stem: Path, image: np.ndarray, output: ImageOutput, overlay: bool
+) -> list[Path]:
+    """On the writer thread: one image's argmax, then its PNGs."""
+    return _write_masks(stem, image, model.finish([output])[0], model.palette, overlay)
 
 
 def _write_masks(
     stem: Path, image: np.ndarray, mask: np.ndarray, colours: list, with_overlay: bool
 ) -> list[Path]:
     written = [stem.with_name(f"{stem.name}.png")]
-    atomic_write(
-        written[0], lambda tmp: postprocess.colorize(mask, colours).save(tmp, format="PNG")
-    )
+    atomic_write(written[0], lambda tmp: postprocess.save_mask_png(mask, colours, tmp))
     if with_overlay:
         written.append(stem.with_name(f"{stem.name}_overlay.png"))
         blended = postprocess.overlay(image, mask, colours)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,25 @@ from segdeploy.runtime.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, TileGr
 DEFAULT_PROVIDER = "auto"
 _OUTPUT_RANK = {"segmentation": 4, "classification": 2}
 _ENGINE_NAMES = {"openvino": "OpenVINO"}
-# One image's share of a session call: the batch output, its row in it, its original (H, W).
-_Result = tuple[np.ndarray, int, tuple[int, int]]
+#: One image's share of a session call: the batch output, its row in it, its original (H, W).
+ImageOutput = tuple[np.ndarray, int, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Images under a model's input contract, ready for the session (see :meth:`prepare`).
+
+    ``inputs`` holds one ``(image indices, normalised padded batch)`` per size the model sees,
+    ``sizes`` each image's original ``(H, W)``.
+    """
+
+    inputs: list[tuple[list[int], np.ndarray]]
+    sizes: list[tuple[int, int]]
+
+    @property
+    def count(self) -> int:
+        """The number of images."""
+        return len(self.sizes)
 
 
 class _Model:
@@ -97,27 +115,41 @@ class _Model:
             return binding.copy_outputs_to_cpu()[0]
         return self._session.run([self._output_name], {self._input_name: batch})[0]
 
-    def _forward(self, images: Sequence[ImageSource]) -> list[_Result]:
-        """Run ``images`` under the card's input contract, one session call per model size;
-        ``(output, row, (height, width))`` per image.
+    # predict_batch in three steps, so that a pipeline can run them on different threads:
+    # prepare (CPU, no session) -> run_prepared (the session alone) -> finish (CPU, no session).
 
-        Grouping by the size the model sees gives each image only its own minimal padding, so a
-        result never depends on which other images shared the batch.
+    def prepare(self, images: Sequence[ImageSource]) -> PreparedBatch:
+        """Step 1 of ``predict_batch``: load, size and normalise ``images`` (no session call).
+
+        Images are grouped by the size the model sees, one session input per group, so each
+        image gets only its own minimal padding and a result never depends on which other
+        images shared the batch. Thread-safe; :func:`~segdeploy.runtime.files.predict_files`
+        runs it on its reader thread while the session works on the previous images.
         """
         arrays = [self._load(image) for image in images]
         contract, multiple = self.card.input, self.card.size_multiple
         groups: dict[tuple[int, int], list[int]] = {}
         for index, array in enumerate(arrays):
             groups.setdefault(contract.model_size(*array.shape[:2], multiple), []).append(index)
-        results: list[_Result] = [None] * len(arrays)  # type: ignore[list-item]
+        inputs = []
         for indices in groups.values():
             pixels = np.stack([contract.to_model_pixels(arrays[i], multiple) for i in indices])
-            output = self.run_batch(normalise(pixels, self.card.mean, self.card.std))
+            inputs.append((indices, normalise(pixels, self.card.mean, self.card.std)))
+        return PreparedBatch(inputs, [array.shape[:2] for array in arrays])
+
+    def run_prepared(self, prepared: PreparedBatch) -> list[ImageOutput]:
+        """Step 2: the session calls alone; one :data:`ImageOutput` per image, in order."""
+        results: list[ImageOutput] = [None] * prepared.count  # type: ignore[list-item]
+        for indices, batch in prepared.inputs:
+            output = self.run_batch(batch)
             for row, index in enumerate(indices):
-                results[index] = (output, row, arrays[index].shape[:2])
+                results[index] = (output, row, prepared.sizes[index])
         return results
 
-    def _image_logits(self, result: _Result) -> np.ndarray:
+    def _forward(self, images: Sequence[ImageSource]) -> list[ImageOutput]:
+        return self.run_prepared(self.prepare(images))
+
+    def _image_logits(self, result: ImageOutput) -> np.ndarray:
         """``(K, H, W)`` scores of one image at its own size (segmentation)."""
         output, row, (height, width) = result
         return self.card.input.to_image_logits(output[row], height, width)
@@ -176,14 +208,20 @@ class SegmentationModel(_Model):
         grids = [self.tile_grid(*a.shape[:2], tile, overlap, max_pixels) for a in arrays]
         whole = [index for index, grid in enumerate(grids) if grid is None]
         masks: list[np.ndarray] = [None] * len(arrays)  # type: ignore[list-item]
-        for index, result in zip(whole, self._forward([arrays[i] for i in whole]), strict=True):
-            masks[index] = argmax_mask(self._image_logits(result))
+        outputs = self._forward([arrays[i] for i in whole])
+        for index, mask in zip(whole, self.finish(outputs), strict=True):
+            masks[index] = mask
         for index, grid in enumerate(grids):
             if grid is not None:
                 masks[index] = tiling.tiled_mask(
                     arrays[index], self._window_logits, self.card.num_classes, grid
                 )
         return masks
+
+    def finish(self, outputs: Sequence[ImageOutput]) -> list[np.ndarray]:
+        """Step 3 of ``predict_batch`` (after :meth:`prepare` and :meth:`run_prepared`): one
+        ``(H, W)`` uint8 mask per output, cropped to its image's size."""
+        return [argmax_mask(self._image_logits(output)) for output in outputs]
 
     def logits(
         self,
@@ -246,8 +284,13 @@ class ClassificationModel(_Model):
 
     def predict_batch(self, images: Sequence[ImageSource]) -> list[tuple[str, np.ndarray]]:
         """``(label, probabilities)`` per image, in order; images may differ in size."""
+        return self.finish(self._forward(images))
+
+    def finish(self, outputs: Sequence[ImageOutput]) -> list[tuple[str, np.ndarray]]:
+        """Step 3 of ``predict_batch`` (after :meth:`prepare` and :meth:`run_prepared`):
+        ``(label, probabilities)`` per output."""
         results = []
-        for output, row, _ in self._forward(images):
+        for output, row, _ in outputs:
             probabilities = softmax(output[row])
             results.append((self.card.class_names[int(np.argmax(probabilities))], probabilities))
         return results

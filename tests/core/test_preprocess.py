@@ -16,9 +16,10 @@ def test_normalise_is_the_formula_channel_first():
     assert normalise(pixels[0], IMAGENET_MEAN, IMAGENET_STD).shape == (3, 5, 7)
 
 
-def test_uint8_lookup_is_bit_identical_to_the_float_arithmetic():
-    """uint8 images take a lookup table; it must give exactly the float32 multiply-add's values
-    (the end-to-end graph and every gate compare against them), for any channel count."""
+def test_normalise_is_bit_identical_to_the_float32_multiply_add():
+    """Exactly ``x * float32(1 / (255 std)) - float32(mean / std)`` in float32, what the
+    end-to-end graph computes and every gate compares against, for any channel count and for
+    uint8 and float pixels alike; the result is C-contiguous, ready for the session."""
     rng = np.random.default_rng(1)
     for shape, mean, std in (
         ((61, 93, 3), IMAGENET_MEAN, IMAGENET_STD),
@@ -26,10 +27,13 @@ def test_uint8_lookup_is_bit_identical_to_the_float_arithmetic():
         ((3, 8, 8, 4), (0.1, 0.2, 0.3, 0.4), (0.5, 0.6, 0.7, 0.8)),
     ):
         pixels = rng.integers(0, 256, shape, dtype=np.uint8)
-        as_float = normalise(pixels.astype(np.float32), mean, std)  # the arithmetic path
-        looked_up = normalise(pixels, mean, std)
-        assert looked_up.flags.c_contiguous and looked_up.dtype == np.float32
-        assert np.array_equal(looked_up, as_float)
+        scale = (1 / (255 * np.array(std))).astype(np.float32)
+        shift = (np.array(mean) / np.array(std)).astype(np.float32)
+        expected = np.moveaxis(pixels.astype(np.float32) * scale - shift, -1, -3)
+        for source in (pixels, pixels.astype(np.float32), pixels.astype(np.float64)):
+            out = normalise(source, mean, std)
+            assert out.flags.c_contiguous and out.dtype == np.float32
+            assert np.array_equal(out, expected)
 
 
 def test_padded_size_rounds_up_to_the_multiple():

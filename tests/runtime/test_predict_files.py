@@ -58,3 +58,57 @@ def test_outputs_that_would_overwrite_inputs_are_refused_before_predicting(
     with pytest.raises(SegdeployError, match="would overwrite"):
         plan_outputs(model, collect_images([photos]), photos, overlay=False)
     assert snapshot(photos) == before
+
+
+def _photo_crops(folder: Path) -> list[Path]:
+    """Crops of scikit-image photographs: two fit one 64-pixel window (at different padded
+    sizes), one does not; PNG and JPEG; and a file that is not an image."""
+    skimage_data = pytest.importorskip("skimage.data")
+    folder.mkdir()
+    paths = []
+    for name, (height, width), suffix in (
+        ("astronaut", (48, 60), ".png"),
+        ("coffee", (97, 131), ".jpg"),
+        ("chelsea", (50, 64), ".jpg"),
+    ):
+        path = folder / f"{name}{suffix}"
+        Image.fromarray(getattr(skimage_data, name)()[:height, 100 : 100 + width]).save(path)
+        paths.append(path)
+    (folder / "broken.png").write_bytes(b"not a png")
+    return [*paths[:2], folder / "broken.png", paths[2]]
+
+
+def test_batched_pipeline_with_tiled_whole_and_broken_images_matches_predict(unet_onnx, tmp_path):
+    """One batch of 4: the reader prepares the images that run whole, the tiled one runs on the
+    main thread, the argmax happens on the writer; every mask equals ``predict``'s, and progress
+    comes in input order."""
+    paths = _photo_crops(tmp_path / "photos")
+    model = open_model(unet_onnx, provider="cpu")
+    seen = []
+    summary = predict_files(
+        model,
+        paths,
+        tmp_path / "out",
+        batch_size=4,
+        tile=64,
+        overlap=16,
+        progress_callback=lambda path, error: seen.append(path.name),
+    )
+    assert summary.images == 3 and summary.tiled == 1 and len(summary.failed) == 1
+    assert seen == ["broken.png", "astronaut.png", "coffee.jpg", "chelsea.jpg"]
+    for path in (paths[0], paths[1], paths[3]):
+        mask = np.asarray(Image.open(tmp_path / "out" / f"{path.stem}.png"))
+        assert np.array_equal(mask, model.predict(path, tile=64, overlap=16)), path.name
+
+
+def test_batched_classifier_rows_match_predict(resnet_onnx, tmp_path):
+    paths = _photo_crops(tmp_path / "photos")
+    model = open_model(resnet_onnx, provider="cpu")
+    summary = predict_files(model, paths, tmp_path / "out", batch_size=4)
+    assert summary.images == 3 and len(summary.failed) == 1
+    rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == [str(p) for p in (paths[0], paths[1], paths[3])]
+    for row, path in zip(rows, (paths[0], paths[1], paths[3]), strict=True):
+        label, probabilities = model.predict(path)
+        assert row.split(",")[1] == label
+        np.testing.assert_allclose([float(v) for v in row.split(",")[2:]], probabilities, atol=1e-6)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from segdeploy.core.errors import DataError, ProviderUnavailableError, SegdeployError
 from segdeploy.runtime import ClassificationModel, SegmentationModel, load_image, open_model
-from segdeploy.runtime.postprocess import colorize, overlay, palette, softmax
+from segdeploy.runtime.postprocess import colorize, overlay, palette, save_mask_png, softmax
 from segdeploy.runtime.preprocess import to_model_input
 from segdeploy.runtime.session import (
     SessionOptions,
@@ -206,6 +206,21 @@ def test_postprocessing_helpers(tmp_path):
     assert (blended[0, 0] == 100).all() and not (blended[0, 1] == 100).all()
     probabilities = softmax(np.array([[1000.0, 0.0], [1.0, 1.0]], np.float32))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+
+
+def test_mask_png_reads_back_exactly_and_is_smaller_than_pillows_default(tmp_path):
+    """A mask with the structure of a real one (a photograph's luminance in 4 bands): the PNG
+    gives back every class index and the palette, and its run-length coding beats Pillow's
+    default file."""
+    photo = np.asarray(Image.fromarray(pytest.importorskip("skimage").data.coffee()).convert("L"))
+    mask = np.digitize(photo, [64, 128, 192]).astype(np.uint8)  # (400, 600), 4 classes
+    colours = palette(4)
+    save_mask_png(mask, colours, tmp_path / "rle.png")
+    with Image.open(tmp_path / "rle.png") as written:
+        assert written.mode == "P" and np.array_equal(np.asarray(written), mask)
+        assert written.getpalette()[:12] == [c for colour in colours for c in colour]
+    colorize(mask, colours).save(tmp_path / "default.png")
+    assert (tmp_path / "rle.png").stat().st_size < (tmp_path / "default.png").stat().st_size
 
 
 def _strip_card(source: Path, target: Path) -> Path:
