@@ -7,6 +7,7 @@ writing palette PNGs. Both run on the same photos in alternating rounds in one p
 result is the median images/s of each with its range, and their ratio per round.
 
     .venv/bin/python benchmarks/predict_throughput.py [--images 120] [--rounds 5]
+        [--threads 0] [--variant small]
 
 Writes ``benchmarks/results/predict/<stamp>.json``. The model is the default U-Net (``small``)
 trained for seconds on the texture set (:data:`RECIPE`), exported by segdeploy; the photos
@@ -60,7 +61,7 @@ def write_photos(folder: Path, count: int) -> list[Path]:
 RECIPE = {"variant": "small", "img_size": 64, "epochs": 4, "batch_size": 4, "lr": 5e-3}
 
 
-def trained_small_unet(folder: Path) -> Path:
+def trained_unet(folder: Path, variant: str = "small") -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from real_pixels import write_texture_segmentation
 
@@ -69,7 +70,8 @@ def trained_small_unet(folder: Path) -> Path:
 
     data = write_texture_segmentation(folder / "textures")
     checkpoint = folder / "unet.pt"
-    train(TrainConfig(arch="unet", data=str(data), out=checkpoint, seed=0, **RECIPE))
+    recipe = {**RECIPE, "variant": variant}
+    train(TrainConfig(arch="unet", data=str(data), out=checkpoint, seed=0, **recipe))
     export_checkpoint(checkpoint, folder / "unet.onnx", shapes=[(1, 64, 64)], providers=["cpu"])
     return folder / "unet.onnx"
 
@@ -133,13 +135,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--variant", default="small", help="U-Net variant; tiny makes a fast session"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime's threads (0: all cores); fewer leave cores to the pipeline threads",
+    )
     args = parser.parse_args()
     from segdeploy.runtime import open_model
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         paths = write_photos(work / "photos", args.images)
-        model = open_model(trained_small_unet(work), provider="cpu")
+        model = open_model(trained_unet(work, args.variant), provider="cpu", threads=args.threads)
         inputs = prepared_inputs(model, paths)
         model.run_batch(inputs[0])  # warm-up
         calls = record_session_calls(model)
@@ -162,6 +173,8 @@ def main() -> None:
     ratios = [w / b for w, b in zip(whole, bare, strict=True)]
     result = {
         "machine": {"cpus": os.cpu_count()},
+        "variant": args.variant,
+        "session_threads": args.threads or os.cpu_count(),
         "images": args.images,
         "rounds": args.rounds,
         "bare_session_images_per_s": _stats(bare),
