@@ -264,9 +264,12 @@ def _run_pipeline(
 
     The main thread does little but call the session: a reader thread decodes and normalises
     (:meth:`~SegmentationModel.prepare`), a writer thread takes the argmax and writes the PNGs.
-    ONNX Runtime, Pillow and numpy's large loops release the GIL, so that work hides behind
-    inference instead of sitting between two session calls, where it would leave the session's
-    cores idle. The main thread alone touches ``summary`` and calls ``report``, in input order.
+    ONNX Runtime, Pillow and numpy's large loops release the GIL, so that work runs beside
+    inference instead of between two session calls (0.4 ms per 640x480 image outside the session,
+    against 4.4-6.1 ms when the main thread normalised and took the argmax). It hides completely
+    when the session leaves a core free; when the session's threads fill every core, it slows
+    the session by about its CPU time instead (benchmarks/README.md). The main thread alone
+    touches ``summary`` and calls ``report``, in input order.
     Memory: at most one prepared chunk ahead and two chunks' logits behind.
     """
     rows: list[list[str]] = []
