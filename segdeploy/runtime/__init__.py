@@ -14,7 +14,13 @@ Example::
     mask = model.predict("aerial.png", tile=512, overlap=64)
 """
 
-from segdeploy.runtime.model import ClassificationModel, SegmentationModel, open_model
+from segdeploy.runtime.model import (
+    ClassificationModel,
+    ImageOutput,
+    PreparedBatch,
+    SegmentationModel,
+    open_model,
+)
 from segdeploy.runtime.preprocess import load_image
 from segdeploy.runtime.session import SessionOptions, create_session, usable_providers
 from segdeploy.runtime.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE
@@ -24,6 +30,8 @@ __all__ = [
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE",
     "ClassificationModel",
+    "ImageOutput",
+    "PreparedBatch",
     "SegmentationModel",
     "SessionOptions",
     "create_session",
