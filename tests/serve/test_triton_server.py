@@ -15,10 +15,12 @@ import importlib.util
 import io
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from segdeploy.core.images import load_image
 from segdeploy.runtime import open_model
 from segdeploy.serve.triton_server import (
     ERROR_KEY,
+    SERVER_ERROR_KEY,
     ServeOptions,
     check_serving_stack,
     decode_image,
@@ -85,9 +88,12 @@ def exported_elsewhere(tmp_path_factory) -> dict[str, Path]:
     if not Path(python).exists():
         pytest.skip(f"no torch here and no {python} to export the test models with")
     out = tmp_path_factory.mktemp("exports")
+    # This checkout's segdeploy exports, whatever that Python has installed (another worktree's).
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     done = subprocess.run(
         [python, "-c", _EXPORT, str(out), "unet", "resnet18"],
         cwd=REPO,
+        env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
         text=True,
         timeout=900,
@@ -123,6 +129,31 @@ def _encoded(image: np.ndarray, format: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format=format)
     return buffer.getvalue()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header (CRCs right) that claims ``width`` x ``height`` RGB pixels, with a few
+    bytes of pixel data: what a decompression bomb sends."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def _files(*blobs: bytes) -> np.ndarray:
+    """An ``encoded_image`` tensor: ``(len(blobs), 1)`` bytes."""
+    return np.array([[blob] for blob in blobs], dtype=np.object_)
+
+
+def _one_sentence(message: str) -> bool:
+    """No traceback, no second line, no second sentence."""
+    text = message.rstrip(".")
+    return not any(bad in text for bad in ("Traceback", 'File "', "\n", ". "))
 
 
 def _random_images(count: int) -> list[np.ndarray]:
@@ -181,6 +212,87 @@ def test_a_bad_request_gets_its_own_error_and_the_rest_of_the_batch_its_masks(un
     )
     assert "found image and encoded_image" in errors[4]
     assert "expected 3 channels (RGB)" in errors[5] and "found 4" in errors[5]
+
+
+def test_decode_image_refuses_a_header_claiming_100000_squared_pixels_in_one_sentence():
+    with pytest.raises(DataError) as caught:
+        decode_image(_png_claiming(100_000, 100_000), max_side=4096)
+    assert str(caught.value) == (
+        "encoded_image: the file's header claims 10,000,000,000 pixels, over the server's limit "
+        "of 4096 pixels a side"
+    )
+
+
+def test_files_of_two_sizes_in_one_request_get_a_400_and_the_batch_its_masks(unet_export, photo):
+    model = open_model(unet_export, provider="cpu")
+    infer = make_infer(model, max_side=256)
+    small = photo[:64, :80]
+    requests = [
+        {"encoded_image": _files(_encoded(photo, "PNG"))},
+        {"encoded_image": _files(_encoded(photo, "PNG"), _encoded(small, "PNG"))},
+        {"encoded_image": _files(_encoded(small, "PNG"), _encoded(small, "JPEG"))},
+    ]
+    responses = infer(requests)
+    np.testing.assert_array_equal(responses[0]["mask"], model.predict(photo)[None])
+    assert set(responses[1]) == {ERROR_KEY}
+    assert responses[1][ERROR_KEY].item(0).decode() == (
+        "encoded_image: expected the 2 files of one request to have one size (the answer is one "
+        "(batch, height, width) mask), found 64x80, 97x133; send files of different sizes in "
+        "separate requests"
+    )
+    jpeg = decode_image(_encoded(small, "JPEG"))
+    expected = np.stack([model.predict(small), model.predict(jpeg)])
+    np.testing.assert_array_equal(responses[2]["mask"], expected)
+
+
+def test_a_classifier_takes_files_of_different_sizes_in_one_request(resnet_export, photo):
+    model = open_model(resnet_export, provider="cpu")
+    infer = make_infer(model, max_side=256)
+    small = photo[:40, :50]
+    [response] = infer([{"encoded_image": _files(_encoded(photo, "PNG"), _encoded(small, "PNG"))}])
+    expected = model.predict_batch([photo, small])
+    assert response["label"].tolist() == [[label.encode()] for label, _ in expected]
+    np.testing.assert_array_equal(response["probabilities"], np.stack([p for _, p in expected]))
+
+
+def test_an_unexpected_failure_is_a_500_sentence_for_that_request_alone(unet_export, caplog):
+    model = open_model(unet_export, provider="cpu")
+    real = model.predict_batch
+    poison = (20, 33)  # the model "crashes" on images of this size
+
+    def predict_batch(images):
+        if any(image.shape[:2] == poison for image in images):
+            raise RuntimeError("simulated failure inside the runtime\nwith a second line")
+        return real(images)
+
+    model.predict_batch = predict_batch  # type: ignore[method-assign]
+    infer = make_infer(model, max_side=256)
+    images = _random_images(4)  # sizes 37x53, 64x64, 20x33, 64x64
+    responses = infer([{"image": image[None]} for image in images])
+    message = responses[2][SERVER_ERROR_KEY].item(0).decode()
+    assert set(responses[2]) == {SERVER_ERROR_KEY}
+    assert message == (
+        "segdeploy serve: internal error (RuntimeError) while answering this request; the "
+        "server's log has the details"
+    )
+    for index in (0, 1, 3):
+        np.testing.assert_array_equal(responses[index]["mask"], real([images[index]])[0][None])
+    # The operator gets the traceback; the client only the sentence.
+    assert "simulated failure inside the runtime" in caplog.text
+    assert any(record.exc_info for record in caplog.records)
+
+
+def test_a_bug_building_responses_still_gives_each_request_a_sentence(unet_export, monkeypatch):
+    from segdeploy.serve import triton_server
+
+    def broken(answers, segmentation):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(triton_server, "_response", broken)
+    infer = make_infer(open_model(unet_export, provider="cpu"), max_side=256)
+    responses = infer([{"image": image[None]} for image in _random_images(2)])
+    assert [set(response) for response in responses] == [{SERVER_ERROR_KEY}] * 2
+    assert "internal error (KeyError)" in responses[0][SERVER_ERROR_KEY].item(0).decode()
 
 
 # --- a real Triton server -----------------------------------------------------------------------
