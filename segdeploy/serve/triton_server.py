@@ -303,8 +303,8 @@ def decode_image(blob: bytes, max_side: int = DEFAULT_MAX_SIDE, channels: int = 
             ) from None
         try:
             return load_image(image, channels=channels)
-        except DataError as err:
-            raise DataError(f"encoded_image: {err}") from None
+        except DataError as err:  # load_image names its source "the PIL image"
+            raise DataError(f"encoded_image: {str(err).removeprefix('the PIL image: ')}") from None
         except (OSError, ValueError, SyntaxError) as err:  # an exotic mode Pillow cannot convert
             raise DataError(
                 f"encoded_image: expected an image Pillow can convert to {channels} channels, "

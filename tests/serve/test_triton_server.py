@@ -184,6 +184,9 @@ def test_decode_image_refuses_what_is_no_whole_image_with_one_sentence(photo):
             decode_image(blob)
     with pytest.raises(DataError, match=r"97x133 \(height x width\) is over .* limit of 64"):
         decode_image(png, max_side=64)
+    with pytest.raises(DataError) as caught:  # a model that reads another channel count
+        decode_image(png, channels=2)
+    assert str(caught.value).startswith("encoded_image: the model reads 2 channels, found a RGB")
 
 
 def test_a_bad_request_gets_its_own_error_and_the_rest_of_the_batch_its_masks(unet_export, photo):
