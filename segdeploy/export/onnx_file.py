@@ -12,7 +12,7 @@ import onnx
 
 from segdeploy.core.artifacts import PRECISION_KEY, variant_path
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError, first_line
 
 
 def graph_dims(value_info: onnx.ValueInfoProto) -> list[str | int]:
@@ -38,7 +38,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     try:
         return onnx.load(path)
     except Exception as err:  # protobuf raises DecodeError and others for truncated/garbage files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise SegdeployError(f"{path} is not a readable ONNX model ({first})") from None
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from segdeploy.core.artifacts import PARENT_SHA256_KEY, PRECISION_KEY, VARIANT_COMMANDS
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.fileio import file_sha256
 from segdeploy.runtime.engine import ort
 
@@ -31,7 +31,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as err:  # ORT raises InvalidProtobuf, Fail, ... for files it cannot read
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise SegdeployError(f"{path} is not a readable ONNX model ({first})") from None
     return dict(session.get_modelmeta().custom_metadata_map)
 
