@@ -253,10 +253,15 @@ class Case:
         return self.check(condition, WRONG_RESULT, message)
 
 
-def ignore_sigxfsz() -> None:
-    """preexec_fn: ignore SIGXFSZ (so a write past RLIMIT_FSIZE fails with EFBIG instead of
-    killing the process), then cap every file this process writes at 64 KiB: a full disk."""
-    import resource
+def full_disk(limit: int = 64 * 1024):
+    """A ``preexec_fn`` that makes the disk full past ``limit`` bytes a file: it ignores SIGXFSZ
+    (so a write past RLIMIT_FSIZE fails with EFBIG, "File too large", instead of killing the
+    process) and sets RLIMIT_FSIZE, as a full disk or a quota does to the writer."""
 
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    def limit_files() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_files
