@@ -71,8 +71,18 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
     if not _ROWS:
         return
-    write = terminalreporter.write_line
+    lines = _table()
     terminalreporter.section("fault suite: case -> outcome")
+    for line in lines:
+        terminalreporter.write_line(line)
+    if os.environ.get("FAULTS_TABLE"):  # a copy of the table for a report
+        Path(os.environ["FAULTS_TABLE"]).write_text("\n".join(lines) + "\n")
+
+
+def _table() -> list[str]:
+    """One line per case, then the totals."""
+    lines = []
+    write = lines.append
     width = max(len(_short(n)) for n in _ROWS)
     for nodeid, (outcome, kinds, first) in _ROWS.items():
         detail = f" [{'; '.join(kinds)}] {first.splitlines()[0][:160]}" if kinds else ""
@@ -86,6 +96,7 @@ def pytest_terminal_summary(terminalreporter):
         f"{counts[WRONG_RESULT]}, lost files {counts[LOST_FILES]}; wording {counts[MESSAGE]}, "
         f"other failures {counts[FAILED]}"
     )
+    return lines
 
 
 def _short(nodeid: str) -> str:

@@ -326,3 +326,34 @@ def test_quantize_with_a_broken_calibration_image(case, onnx_copy, labelled, wor
     case.refused(ran, victim)
     case.unchanged(before)
     case.right(not onnx_copy.with_name("unet.int8.onnx").exists(), "wrote the INT8 variant")
+
+
+def test_predict_survives_an_unexpected_error_in_one_file(case, onnx_copy, workdir, monkeypatch):
+    """A decoder error segdeploy does not know (an exotic Pillow mode, a codec bug): one
+    sentence naming that file, the run goes on and the other masks are right."""
+    import segdeploy.runtime.files as files
+    from segdeploy.runtime import open_model
+
+    photos = workdir / "photos"
+    good = [write_image(photos / f"good_{i}.png", 40, 56 + 8 * i, seed=i) for i in range(2)]
+    odd = write_image(photos / "odd_mode.png", 24, 24, seed=9)
+    real_load = files.load_image
+
+    def load(path, *args, **kwargs):
+        if Path(path).name == odd.name:
+            raise ValueError("conversion from I;16S to RGB not supported")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "load_image", load)
+    out = workdir / "masks"
+    ran = cli("predict", onnx_copy, photos, "--out", out, "--provider", "cpu")
+    case.refused(ran, odd)
+    model = open_model(onnx_copy, provider="cpu")
+    for image in good:
+        mask = out / f"{image.stem}.png"
+        if case.right(mask.is_file(), f"no mask for the good image {image.name}"):
+            from PIL import Image
+
+            found = np.asarray(Image.open(mask))
+            case.right(np.array_equal(found, model.predict(image)), f"wrong mask {mask}")
+    case.no_leftovers(out) if out.exists() else None
