@@ -13,7 +13,9 @@ user who trusts segdeploy with their only copy of a model expects:
 A case records every problem it finds through the ``case`` fixture (it does not stop at the first
 one) and fails at its end. At the end of the session the terminal summary prints one row per case,
 ``case -> outcome``, and the totals the issue asks for: tracebacks, silent wrong results, lost
-files.
+files. With ``FAULTS_TABLE=path`` the table is also written to that file.
+
+Run: ``pytest tests/faults`` (all), ``pytest tests/faults -m "not slow"`` (about 2 minutes).
 """
 
 from __future__ import annotations

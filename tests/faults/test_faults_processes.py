@@ -154,7 +154,8 @@ def test_interrupted_quantize(case, sig, trained_onnx, labelled, workdir):
     variant = workdir / "unet.int8.onnx"
     args = ["quantize", fp32, "--calib", labelled, "--samples", "8"]
     # Quantizing the tiny model takes about a second after the imports: time one whole run,
-    # then interrupt the next one at 85 % of that (past the imports) (or as soon as it writes a temporary file).
+    # then interrupt the next one at 85 % of that, past the imports (or as soon as it writes
+    # a temporary file).
     timed = time.monotonic()
     case.succeeded(cli_process(*args))
     seconds = time.monotonic() - timed
