@@ -1,0 +1,240 @@
+"""Check a file on the runtime it targets, not on the one segdeploy happens to run with.
+
+``--target ort>=1.16`` is checked on onnxruntime 1.16.3 itself: a virtual environment holding only
+that release and numpy < 2, built once and cached in :func:`runtimes_folder`, runs
+:mod:`segdeploy.runtime.npz_runner` (segdeploy's torch-free runtime, through ``PYTHONPATH``).
+``--target ort-web`` is checked on onnxruntime-web's wasm backend under Node
+(``segdeploy/export/ort_web_runner.mjs``, the npm package cached beside the venvs). The outputs come
+back as arrays and are compared with PyTorch's by the same layered comparison as every other
+parity case (:func:`segdeploy.core.parity.compare_values`).
+
+Build an environment once (what ``.ci/run`` does)::
+
+    python -m segdeploy.export.target_check build 'ort>=1.16'     # or ort-web
+
+``SEGDEPLOY_RUNTIMES`` moves the cache (default ``~/.cache/segdeploy/runtimes``). Nothing is
+downloaded during an export: a missing environment is one sentence with the command above.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segdeploy.core.errors import SegdeployError
+from segdeploy.core.onnx_header import read_header
+from segdeploy.core.targets import (
+    DEFAULT_TARGET,
+    Target,
+    parse_target,
+    read_record,
+    refusal,
+    version_tuple,
+)
+
+#: Environment variable naming the folder of cached runtime environments.
+RUNTIMES_ENV = "SEGDEPLOY_RUNTIMES"
+#: The Node runner of onnxruntime-web (wasm backend).
+WEB_RUNNER = Path(__file__).with_name("ort_web_runner.mjs")
+#: segdeploy's package root, put on the target interpreter's PYTHONPATH.
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+#: A run on a target runtime longer than this is a hang.
+_TIMEOUT_S = 600
+
+
+def runtimes_folder() -> Path:
+    """Where runtime environments are cached: ``$SEGDEPLOY_RUNTIMES``, else
+    ``~/.cache/segdeploy/runtimes``."""
+    return Path(os.environ.get(RUNTIMES_ENV) or Path.home() / ".cache" / "segdeploy" / "runtimes")
+
+
+def installed_runtimes() -> dict[str, str]:
+    """Versions of the runtimes installed here, by target name (``{"ort": "1.31.1", ...}``)."""
+    found = {}
+    try:
+        import onnxruntime
+
+        found["ort"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        import openvino
+
+        found["openvino"] = openvino.__version__.split("-")[0]
+    except ImportError:
+        pass
+    return found
+
+
+def resolve_target(spec: str | None) -> Target:
+    """``--target`` as a :class:`Target` (:data:`DEFAULT_TARGET` when ``None``)."""
+    return parse_target(spec or DEFAULT_TARGET, installed_runtimes())
+
+
+@dataclass(frozen=True)
+class RuntimeEnv:
+    """A cached environment of one runtime release: where it is and how to run a file there."""
+
+    target: Target
+    release: str
+    folder: Path
+
+    @property
+    def label(self) -> str:
+        """The provider column of the parity table: ``onnxruntime 1.16.3``."""
+        return f"{self.target.runtime} {self.release}"
+
+    @property
+    def ready(self) -> bool:
+        marker = self.python if self.target.name == "ort" else self.web_package
+        return marker.exists()
+
+    @property
+    def python(self) -> Path:
+        return self.folder / "bin" / "python"
+
+    @property
+    def web_package(self) -> Path:
+        return self.folder / "node_modules" / "onnxruntime-web"
+
+    @property
+    def build_hint(self) -> str:
+        return f"python -m segdeploy.export.target_check build '{self.target.spec}'"
+
+    def run(self, model: Path, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Outputs of ``model`` for each feed (input name -> array) on this runtime (CPU, one
+        thread), in one process.
+
+        Raises:
+            SegdeployError: the environment is missing, the file is outside what the release
+                opens (:func:`~segdeploy.core.targets.refusal`), or the runtime failed.
+        """
+        header = read_header(model)
+        problem = refusal(
+            str(model),
+            header.ir_version,
+            header.opset,
+            self.target.runtime,
+            self.release,
+            read_record(header.metadata),
+        )
+        if problem:
+            raise SegdeployError(problem)
+        if not self.ready:
+            raise SegdeployError(
+                f"{self.label} is not installed in {self.folder}, so a file for "
+                f"'{self.target.spec}' cannot be checked where it runs; build it once with "
+                f"`{self.build_hint}` (or point {RUNTIMES_ENV} at a folder holding it)"
+            )
+        with tempfile.TemporaryDirectory(prefix="segdeploy-target-") as tmp:
+            if self.target.name == "ort":
+                return self._run_python(model, feeds, Path(tmp))
+            return self._run_node(model, feeds, Path(tmp))
+
+    def _run_python(self, model: Path, feeds: list[dict[str, np.ndarray]], tmp: Path):
+        arrays = {
+            f"{i}/{name}": value for i, feed in enumerate(feeds) for name, value in feed.items()
+        }
+        np.savez(tmp / "in.npz", **arrays)
+        env = {**os.environ, "PYTHONPATH": str(_PACKAGE_ROOT)}
+        command = [str(self.python), "-m", "segdeploy.runtime.npz_runner", str(model)]
+        self._call([*command, str(tmp / "in.npz"), str(tmp / "out.npz")], env)
+        outputs: list[dict[str, np.ndarray]] = [{} for _ in feeds]
+        with np.load(tmp / "out.npz") as data:
+            for key in data.files:
+                if key != "__version__":
+                    run_id, name = key.split("/", 1)
+                    outputs[int(run_id)][name] = data[key]
+        return outputs
+
+    def _run_node(self, model: Path, feeds: list[dict[str, np.ndarray]], tmp: Path):
+        spec = [{name: _write_raw(tmp, value) for name, value in feed.items()} for feed in feeds]
+        (tmp / "in.json").write_text(json.dumps(spec))
+        command = ["node", str(WEB_RUNNER), str(self.folder), str(model), str(tmp / "in.json")]
+        self._call([*command, str(tmp / "out.json")], dict(os.environ))
+        described = json.loads((tmp / "out.json").read_text())
+        return [{name: _read_raw(item) for name, item in run.items()} for run in described]
+
+    def _call(self, command: list[str], env: dict[str, str]) -> None:
+        try:
+            done = subprocess.run(
+                command, env=env, capture_output=True, text=True, timeout=_TIMEOUT_S
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise SegdeployError(f"{self.label} could not run the file ({err})") from None
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or ["no output"]
+            last = next((line for line in lines if line.startswith("error:")), lines[-1])
+            raise SegdeployError(f"{self.label} refused or failed: {last.removeprefix('error: ')}")
+
+
+def _write_raw(folder: Path, array: np.ndarray) -> dict:
+    path = folder / f"in{len(list(folder.iterdir()))}.bin"
+    np.ascontiguousarray(array).tofile(path)
+    return {"file": str(path), "dtype": str(array.dtype), "shape": list(array.shape)}
+
+
+def _read_raw(item: dict) -> np.ndarray:
+    return np.fromfile(item["file"], dtype=item["dtype"]).reshape(item["shape"])
+
+
+def runtime_env(target: Target) -> RuntimeEnv | None:
+    """The environment that checks files for ``target``, or ``None`` when the runtime running
+    segdeploy is that release already (the in-process parity cases check it) or OpenVINO (the
+    ``openvino`` provider of the parity gate runs it)."""
+    if target.name == "openvino":
+        return None
+    release = target.release.install
+    installed = installed_runtimes().get("ort", "")
+    if target.name == "ort" and version_tuple(installed) == target.min_version:
+        return None
+    folder = runtimes_folder() / f"{target.runtime}-{release}"
+    return RuntimeEnv(target, release, folder)
+
+
+def build(target: Target) -> Path:
+    """Create the cached environment of ``target`` (a venv with onnxruntime and numpy < 2, or
+    the onnxruntime-web npm package) from the package registries; what ``.ci/run`` runs."""
+    env = runtime_env(target)
+    if env is None:
+        raise SegdeployError(f"'{target.spec}' runs in this environment already; nothing to build")
+    if env.ready:
+        return env.folder
+    staging = env.folder.with_name(env.folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    if target.name == "ort":
+        subprocess.run([sys.executable, "-m", "venv", str(staging)], check=True)
+        pip = [str(staging / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, f"onnxruntime=={env.release}", "numpy<2"], check=True)
+    else:
+        staging.mkdir()
+        (staging / "package.json").write_text('{"private": true}\n')
+        npm = ["npm", "install", "--no-audit", "--no-fund", f"onnxruntime-web@{env.release}"]
+        subprocess.run(npm, cwd=staging, check=True)
+    staging.rename(env.folder)  # a half-built environment is never taken for a ready one
+    return env.folder
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "build":
+        print("usage: python -m segdeploy.export.target_check build TARGET", file=sys.stderr)
+        return 2
+    try:
+        print(build(resolve_target(argv[1])))
+    except SegdeployError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
