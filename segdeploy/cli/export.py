@@ -17,6 +17,7 @@ from segdeploy.cli.console import console
 from segdeploy.cli.tables import print_parity_table
 from segdeploy.core.artifacts import format_shapes, parse_shapes
 from segdeploy.core.errors import SegdeployError
+from segdeploy.core.targets import DEFAULT_TARGET
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
     DEFAULT_CALIBRATION_SAMPLES,
@@ -47,6 +48,14 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="A .pt written by `segdeploy train`.")],
     out: Annotated[
         Path | None, typer.Option(help="Output .onnx \\[default: exports/<name>.onnx].")
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="The runtime the file must open in: ort>=1.16, ort-web, openvino>=2024.0, or "
+            "ort (the installed onnxruntime); the file is checked there "
+            f"\\[default: {DEFAULT_TARGET}, the oldest supported onnxruntime].",
+        ),
     ] = None,
     opset: Annotated[
         int, typer.Option(help="ONNX opset, 18 or later (dynamo exporter).")
@@ -87,8 +96,13 @@ def export(
             do_simplify=simplify,
             force=force,
             shapes=parse_shapes(shapes) if shapes else None,
+            target=target,
         )
     print_parity_table(result.report)
+    console.print(
+        f"target {result.report.context['target']['target']}: checked on "
+        f"{result.report.context['target']['checked_on']}"
+    )
     seconds = result.seconds
     console.print(
         f"nodes {result.nodes_before} -> {result.nodes_after} ({result.simplify_note}); "

@@ -3,7 +3,8 @@
 ``--target ort>=1.16`` is checked on onnxruntime 1.16.3 itself: a virtual environment holding only
 that release and numpy < 2, built once and cached in :func:`runtimes_folder`, runs
 :mod:`segdeploy.runtime.npz_runner` (segdeploy's torch-free runtime, through ``PYTHONPATH``).
-``--target ort-web`` is checked on onnxruntime-web's wasm backend under Node
+``--target openvino>=2024.0`` on OpenVINO 2024.0.0 the same way (segdeploy's OpenVINO session), and
+``--target ort-web`` on onnxruntime-web's wasm backend under Node
 (``segdeploy/export/ort_web_runner.mjs``, the npm package cached beside the venvs). The outputs come
 back as arrays and are compared with PyTorch's by the same layered comparison as every other
 parity case (:func:`segdeploy.core.parity.compare_values`).
@@ -34,6 +35,7 @@ from segdeploy.core.onnx_header import read_header
 from segdeploy.core.targets import (
     DEFAULT_TARGET,
     Target,
+    lowest_release,
     parse_target,
     read_record,
     refusal,
@@ -94,7 +96,7 @@ class RuntimeEnv:
 
     @property
     def ready(self) -> bool:
-        marker = self.python if self.target.name == "ort" else self.web_package
+        marker = self.web_package if self.target.name == "ort-web" else self.python
         return marker.exists()
 
     @property
@@ -129,15 +131,11 @@ class RuntimeEnv:
         if problem:
             raise SegdeployError(problem)
         if not self.ready:
-            raise SegdeployError(
-                f"{self.label} is not installed in {self.folder}, so a file for "
-                f"'{self.target.spec}' cannot be checked where it runs; build it once with "
-                f"`{self.build_hint}` (or point {RUNTIMES_ENV} at a folder holding it)"
-            )
+            raise SegdeployError(_missing(self))
         with tempfile.TemporaryDirectory(prefix="segdeploy-target-") as tmp:
-            if self.target.name == "ort":
-                return self._run_python(model, feeds, Path(tmp))
-            return self._run_node(model, feeds, Path(tmp))
+            if self.target.name == "ort-web":
+                return self._run_node(model, feeds, Path(tmp))
+            return self._run_python(model, feeds, Path(tmp))
 
     def _run_python(self, model: Path, feeds: list[dict[str, np.ndarray]], tmp: Path):
         arrays = {
@@ -146,7 +144,8 @@ class RuntimeEnv:
         np.savez(tmp / "in.npz", **arrays)
         env = {**os.environ, "PYTHONPATH": str(_PACKAGE_ROOT)}
         command = [str(self.python), "-m", "segdeploy.runtime.npz_runner", str(model)]
-        self._call([*command, str(tmp / "in.npz"), str(tmp / "out.npz")], env)
+        provider = "openvino" if self.target.name == "openvino" else "cpu"
+        self._call([*command, str(tmp / "in.npz"), str(tmp / "out.npz"), provider], env)
         outputs: list[dict[str, np.ndarray]] = [{} for _ in feeds]
         with np.load(tmp / "out.npz") as data:
             for key in data.files:
@@ -188,20 +187,86 @@ def _read_raw(item: dict) -> np.ndarray:
 
 def runtime_env(target: Target) -> RuntimeEnv | None:
     """The environment that checks files for ``target``, or ``None`` when the runtime running
-    segdeploy is that release already (the in-process parity cases check it) or OpenVINO (the
-    ``openvino`` provider of the parity gate runs it)."""
-    if target.name == "openvino":
-        return None
+    segdeploy is that release already (the in-process parity cases check it: ``cpu`` for
+    onnxruntime, the ``openvino`` provider for OpenVINO)."""
     release = target.release.install
-    installed = installed_runtimes().get("ort", "")
-    if target.name == "ort" and version_tuple(installed) == target.min_version:
+    installed = installed_runtimes().get(target.name, "")
+    if target.name != "ort-web" and version_tuple(installed) == target.min_version:
         return None
     folder = runtimes_folder() / f"{target.runtime}-{release}"
     return RuntimeEnv(target, release, folder)
 
 
+@dataclass(frozen=True)
+class TargetPlan:
+    """How an export meets its target: the target, the environment that checks the file there
+    (``None`` when this process's runtime is that release), the providers the parity gate adds,
+    and a note on where the file was checked (for the report)."""
+
+    target: Target
+    env: RuntimeEnv | None
+    providers: tuple[str, ...]
+    note: str
+
+
+def target_plan(spec: str | None, opset: int) -> TargetPlan:
+    """Resolve ``--target`` (default :data:`DEFAULT_TARGET`) for an export at ``opset``.
+
+    An explicit target must be checkable here: its environment must be built. The default
+    target is checked where its environment exists and noted as unchecked otherwise, so that
+    an export works on a machine that never built one.
+
+    Raises:
+        SegdeployError: an unknown or too old target, an opset the target cannot open, or (for
+            an explicit target) a runtime environment that is not built.
+    """
+    target = resolve_target(spec)
+    if opset > target.release.max_opset:
+        raise SegdeployError(
+            f"opset {opset} was asked for, but {target.spec} opens opset "
+            f"{target.release.max_opset} at most; leave --opset at its default or raise the target"
+        )
+    installed = installed_runtimes()
+    env = runtime_env(target)
+    if env is None:
+        here = f"{target.runtime} {installed.get(target.name)} (this process)"
+        return TargetPlan(target, None, ("openvino",) if target.name == "openvino" else (), here)
+    if env.ready:
+        return TargetPlan(target, env, (), env.label)
+    if spec is not None:
+        raise SegdeployError(_missing(env))
+    return TargetPlan(target, None, (), f"not checked on {env.label}: {_missing(env)}")
+
+
+def _missing(env: RuntimeEnv) -> str:
+    return (
+        f"{env.label} is not installed in {env.folder}, so a file for '{env.target.spec}' "
+        f"cannot be checked where it runs; build it once with `{env.build_hint}` (or point "
+        f"{RUNTIMES_ENV} at a folder holding it)"
+    )
+
+
+def require_target_ops(model, target: Target) -> None:
+    """Refuse a graph holding an operator the target's release cannot run, in one sentence
+    naming it and the lowest target that has it (:attr:`Release.lacks`)."""
+    ops = {node.op_type for node in model.graph.node}
+    lacking = sorted(set(target.release.lacks) & ops)
+    if not lacking:
+        return
+    op = lacking[0]
+    lowest = lowest_release(target.name, model.ir_version, target.opset, {op})
+    remedy = (
+        f"the lowest target that runs it is {target.name}>={lowest.version[0]}.{lowest.version[1]}"
+        if lowest
+        else f"no {target.runtime} release listed runs it"
+    )
+    raise SegdeployError(
+        f"{target.spec} cannot run this graph's {op} ({target.release.lacks[op]}); {remedy}"
+    )
+
+
 def build(target: Target) -> Path:
-    """Create the cached environment of ``target`` (a venv with onnxruntime and numpy < 2, or
+    """Create the cached environment of ``target`` (a venv with the release, numpy < 2 and pillow, or
     the onnxruntime-web npm package) from the package registries; what ``.ci/run`` runs."""
     env = runtime_env(target)
     if env is None:
@@ -211,10 +276,12 @@ def build(target: Target) -> Path:
     staging = env.folder.with_name(env.folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
-    if target.name == "ort":
+    if target.name != "ort-web":
         subprocess.run([sys.executable, "-m", "venv", str(staging)], check=True)
         pip = [str(staging / "bin" / "python"), "-m", "pip", "install", "-q"]
-        subprocess.run([*pip, f"onnxruntime=={env.release}", "numpy<2"], check=True)
+        # pillow: segdeploy.runtime imports it (the runtime's base dependencies, as on a device).
+        packages = [f"{target.runtime}=={env.release}", "numpy<2", "pillow"]
+        subprocess.run([*pip, *packages], check=True)
     else:
         staging.mkdir()
         (staging / "package.json").write_text('{"private": true}\n')

@@ -4,7 +4,7 @@ The parity gate checks a file on the runtime it targets (``--target ort>=1.16``)
 module with that runtime's own Python (a virtual environment holding only ``onnxruntime`` and
 ``numpy``, see :mod:`segdeploy.export.target_check`) and ``PYTHONPATH`` pointing at segdeploy::
 
-    python -m segdeploy.runtime.npz_runner MODEL.onnx INPUTS.npz OUTPUTS.npz
+    python -m segdeploy.runtime.npz_runner MODEL.onnx INPUTS.npz OUTPUTS.npz [cpu|openvino]
 
 The file is opened through :func:`segdeploy.runtime.session.create_session`, as an application
 would, so a file the runtime cannot open is refused with segdeploy's sentence. The outputs are
@@ -25,29 +25,38 @@ from segdeploy.core.errors import SegdeployError
 REFUSED = 3
 
 
-def run(model_path: str, inputs_path: str, outputs_path: str) -> None:
+def run(model_path: str, inputs_path: str, outputs_path: str, provider: str = "cpu") -> None:
     """Open ``model_path`` on the CPU, run it once per feed of ``inputs_path`` (arrays named
     ``<run>/<input name>``) and write the outputs as ``<run>/<output name>``, and the runtime's
     version as ``__version__``, to ``outputs_path``."""
-    from segdeploy.runtime.engine import ort
     from segdeploy.runtime.session import SessionOptions, create_session
 
-    session = create_session(model_path, SessionOptions(provider="cpu", intra_op_threads=1))
+    session = create_session(model_path, SessionOptions(provider=provider, intra_op_threads=1))
     feeds: dict[str, dict[str, np.ndarray]] = {}
     with np.load(inputs_path) as data:
         for key in data.files:
             run_id, name = key.split("/", 1)
             feeds.setdefault(run_id, {})[name] = data[key]
     names = [o.name for o in session.get_outputs()]
-    outputs = {"__version__": np.array(ort.__version__)}
+    outputs = {"__version__": np.array(_version(provider))}
     for run_id, feed in feeds.items():
         for name, value in zip(names, session.run(None, feed), strict=True):
             outputs[f"{run_id}/{name}"] = value
     np.savez(outputs_path, **outputs)
 
 
+def _version(provider: str) -> str:
+    if provider == "openvino":
+        import openvino
+
+        return openvino.__version__
+    from segdeploy.runtime.engine import ort
+
+    return ort.__version__
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
+    if len(argv) not in (3, 4):
         print(
             "usage: python -m segdeploy.runtime.npz_runner MODEL.onnx IN.npz OUT.npz",
             file=sys.stderr,
