@@ -265,9 +265,50 @@ def require_target_ops(model, target: Target) -> None:
     )
 
 
+def end_to_end_on_target(e2e, model, onnx_path: Path, named, batch: bool) -> dict | None:
+    """Run the end-to-end graph ``e2e`` of the export ``onnx_path`` (whose graph is ``model``)
+    on its target's runtime, and require every mask (label) to equal, byte for byte, what
+    ``segdeploy.runtime``'s ``predict`` gives for the same pixels here.
+
+    Returns the record kept in the graph's metadata (``None`` when the target's runtime is
+    this process's, already checked by the end-to-end gate, or its environment is not built).
+
+    Raises:
+        SegdeployError: a mask differs on the target runtime, or that runtime failed.
+    """
+    from segdeploy.runtime import open_model
+
+    header = read_header(model.SerializeToString())
+    record = read_record(header.metadata)
+    if not record:
+        return None
+    env = runtime_env(resolve_target(record["target"]))
+    if env is None or not env.ready:
+        return None
+    reference = open_model(onnx_path, provider="cpu")
+    feeds = [{"image": pixels[None] if batch else pixels} for _, pixels in named]
+    with tempfile.TemporaryDirectory(prefix="segdeploy-e2e-") as tmp:
+        path = Path(tmp) / "e2e.onnx"
+        path.write_bytes(e2e.SerializeToString())
+        outputs = env.run(path, feeds)
+    for (name, pixels), found in zip(named, outputs, strict=True):
+        expected = reference.predict(pixels)
+        if reference.card.task == "classification":
+            same = reference.card.class_names[int(np.ravel(found["label"])[0])] == expected[0]
+        else:
+            mask = found["mask"][0] if batch else found["mask"]
+            same = mask.dtype == expected.dtype and mask.tobytes() == expected.tobytes()
+        if not same:
+            raise SegdeployError(
+                f"the end-to-end graph of {onnx_path} gives another result on {env.label} than "
+                f"predict here for {name}; nothing was written"
+            )
+    return {"runtime": env.label, "images": len(named), "identical": len(named)}
+
+
 def build(target: Target) -> Path:
-    """Create the cached environment of ``target`` (a venv with the release, numpy < 2 and pillow, or
-    the onnxruntime-web npm package) from the package registries; what ``.ci/run`` runs."""
+    """Create the cached environment of ``target`` (a venv with the release, numpy < 2 and
+    pillow, or the onnxruntime-web npm package) from the package registries (``.ci/run``)."""
     env = runtime_env(target)
     if env is None:
         raise SegdeployError(f"'{target.spec}' runs in this environment already; nothing to build")
