@@ -131,7 +131,14 @@ def _export_end_to_end(onnx_path: Path, batch: bool) -> None:
 
 def verify(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
-    checkpoint: Annotated[Path, typer.Argument(metavar="MODEL.pt")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[MODEL.pt]",
+            help="Also run the parity gate against this checkpoint; without it, check the "
+            "file's recorded hashes (its own, its parent's).",
+        ),
+    ] = None,
     shapes: Annotated[
         str | None, typer.Option(help=f"[B x] H x W, comma-separated \\[default: {PARITY_SHAPES}].")
     ] = None,
@@ -142,7 +149,12 @@ def verify(
         ),
     ] = None,
 ) -> None:
-    """Check an existing export against its checkpoint; exit 1 when they disagree."""
+    """Check a file's recorded hashes, or (with MODEL.pt) an export against its checkpoint."""
+    if checkpoint is None:
+        from segdeploy.core.integrity import verify_file
+
+        console.print(verify_file(onnx_path).sentence(), highlight=False)
+        return
     from segdeploy.export import verify_export
 
     report = verify_export(

@@ -46,7 +46,7 @@ from segdeploy.core.metrics import confusion_matrix, metrics_from_confusion, sco
 from segdeploy.core.parity import CaseReport, Tolerance, compare_values, pool_cases
 from segdeploy.data.samples import LabelledImage, labelled_images
 from segdeploy.export.contract import CONTRACTS, DEFAULT_GATE_PROVIDER, MAX_METRIC_DROP
-from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
+from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent, seal, stamp_parent_format
 from segdeploy.runtime import open_model
 from segdeploy.runtime.model import SegmentationModel
 
@@ -320,6 +320,8 @@ def gate_and_write(
     if calibration is not None:
         metadata[CALIBRATION_KEY] = calibration.description
     attach_metadata(variant, metadata)
+    stamp_parent_format(variant, fp32_path)
+    seal(variant)
     _write_pair(variant, result)
     return result
 

@@ -47,6 +47,24 @@ def seal(model: onnx.ModelProto) -> str:
     return digest
 
 
+def stamp_parent_format(variant: onnx.ModelProto, parent: str | Path) -> None:
+    """Keep a variant inside its FP32 parent's target: the parent's IR version, and only the
+    operator domains its nodes use.
+
+    ORT's quantizer saves with onnx's newest IR and imports every domain it knows (measured with
+    onnxruntime 1.31: ``ai.onnx.ml`` opset 5, ``com.microsoft``, ``ai.onnx.preview`` ...), and
+    onnxruntime 1.16.3 refuses the INT8 file at load ("Opset 5 is under development ... domain
+    ai.onnx.ml is till opset 3") although no node uses the domain.
+    """
+    from segdeploy.core.onnx_header import read_header
+
+    variant.ir_version = min(variant.ir_version, read_header(Path(parent)).ir_version)
+    used = {node.domain for node in variant.graph.node} | {""}
+    kept = [o for o in variant.opset_import if o.domain in used or o.domain == "ai.onnx"]
+    del variant.opset_import[:]
+    variant.opset_import.extend(kept)
+
+
 def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX file, or raise one :class:`SegdeployError` sentence naming it."""
     path = Path(path)

@@ -147,16 +147,25 @@ def _open(source: str | bytes, options: SessionOptions, provider: str) -> ort.In
     except Exception as err:
         # A release older than segdeploy's table (require_openable lets it through) still gets
         # one sentence for the commonest failure, not ORT's C++ source location.
+        name = source if isinstance(source, str) else "this model"
+        again = f"export it again with --target ort>={_minor(ort.__version__)}"
         found = re.search(
             r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", str(err)
         )
-        if not found:
-            raise
-        name = source if isinstance(source, str) else "this model"
-        raise SegdeployError(
-            f"{name} is ONNX IR {found[1]}, and onnxruntime {ort.__version__} opens IR "
-            f"{found[2]} at most; export it again with --target ort>={_minor(ort.__version__)}"
-        ) from None
+        if found:
+            raise SegdeployError(
+                f"{name} is ONNX IR {found[1]}, and onnxruntime {ort.__version__} opens IR "
+                f"{found[2]} at most; {again}"
+            ) from None
+        found = re.search(
+            r"Opset (\d+) is under development.* domain (\S+) is till opset (\d+)", str(err)
+        )
+        if found:
+            raise SegdeployError(
+                f"{name} imports opset {found[1]} of domain {found[2]}, and onnxruntime "
+                f"{ort.__version__} opens opset {found[3]} of it at most; {again}"
+            ) from None
+        raise
 
 
 def _minor(version: str) -> str:
