@@ -3,21 +3,23 @@
     python -m segdeploy.export.target_check build 'ort>=1.16'   # once per runtime, cached
     python -m segdeploy.export.target_check build 'ort>=1.15'
     python -m segdeploy.export.target_check build ort-web
+    python -m segdeploy.export.target_check build 'ort>=1.17'
     python -m segdeploy.export.target_check build 'openvino>=2024.0'
+    python -m segdeploy.export.target_check build 'openvino>=2025.0'
     python benchmarks/compat_table.py [--models unet:tiny,unet:small,...] [--out DIR]
 
 For each model (untrained, torch seed 0; U-Net ``tiny`` and ``small``, DeepLabV3-MobileNetV3
 ``tiny`` (width 0.25), ResNet-18 ``full``, SegFormer ``tiny``: the full-size DeepLab and SegFormer
 take minutes per export on 2 cores and hold the same operators) it exports the FP32 file with the
 default target (``ort>=1.16``) and once more with ``--target ort`` (the installed onnxruntime,
-IR 10: what ``segdeploy export`` wrote before targets), makes the INT8 and FP16 variants (the accuracy gates' thresholds
-are off: the weights are random, only the files matter here) and the end-to-end graph, then opens
-and runs each file on:
+IR 10: what ``segdeploy export`` wrote before targets), makes the INT8 and FP16 variants (the
+accuracy gates' thresholds are off: the weights are random, only the files matter here) and the
+end-to-end graph, then opens and runs each file on:
 
-* onnxruntime 1.15.1 and 1.16.3 (their own venvs, :mod:`segdeploy.runtime.npz_runner`),
+* onnxruntime 1.15.1, 1.16.3 and 1.17.3 (their own venvs, :mod:`segdeploy.runtime.npz_runner`),
 * the installed onnxruntime (this process),
 * onnxruntime-web 1.16.3 (wasm, under Node),
-* OpenVINO 2024.0 (its venv) and the installed OpenVINO (this process).
+* OpenVINO 2024.0 and 2025.0 (their venvs) and the installed OpenVINO (this process).
 
 A cell is ``ok`` with the comparison against the installed onnxruntime on the same file (max abs
 error, argmax agreement; for the end-to-end graph whether the mask is byte for byte the same), or
@@ -52,7 +54,14 @@ from segdeploy.train.checkpoint import save_checkpoint
 
 MODELS = "unet:tiny,unet:small,deeplabv3_mobilenet_v3_large:tiny,resnet18:full,segformer:tiny"
 #: Runtimes run in their own environment, by target spec.
-EXTERNAL = ("ort>=1.15", "ort>=1.16", "ort-web>=1.16", "openvino>=2024.0")
+EXTERNAL = (
+    "ort>=1.15",
+    "ort>=1.16",
+    "ort>=1.17",
+    "ort-web>=1.16",
+    "openvino>=2024.0",
+    "openvino>=2025.0",
+)
 #: ``fp32 (ort)``: the same checkpoint exported with ``--target ort`` (the installed onnxruntime:
 #: IR 10), what ``segdeploy export`` wrote before targets existed.
 ARTIFACTS = ("fp32", "int8", "fp16", "e2e", "fp32 (ort)")
@@ -126,7 +135,7 @@ def cell(kind: str, path: Path | str, feed: dict, reference: dict | None, runner
         found = runner(path, feed)
     except SegdeployError as err:
         text = str(err)
-        refused = "opens" in text and "at most" in text
+        refused = ("opens" in text and "at most" in text) or "was exported for" in text
         return {"result": "refused" if refused else "FAIL", "reason": text}
     out = compare(kind, reference, found) if reference is not None else {"result": "ok"}
     return {**out, "seconds": round(time.perf_counter() - started, 2)}

@@ -47,8 +47,19 @@ class Release:
     lacks: dict[str, str] = field(default_factory=dict)
 
 
+#: Measured with the FP16 SegFormer (benchmarks/compat_table.py): onnxruntime 1.15 and 1.16 have no
+#: float16 CPU kernel for LayerNormalization and fall back to its ONNX function body, which they
+#: reject at opset 18 (INVALID_GRAPH: "Unrecognized attribute: axes for operator ReduceMean");
+#: 1.17.3 runs it. ``Op@float16``: the operator with float16 inputs.
+_FP16_LAYERNORM = {
+    "LayerNormalization@float16": "no float16 LayerNormalization: its function fallback is "
+    "invalid at opset 18"
+}
+
+
 def _ort(minor: int, max_ir: int, max_opset: int, patch: int) -> Release:
-    return Release((1, minor), max_ir, max_opset, f"1.{minor}.{patch}")
+    lacks = _FP16_LAYERNORM if minor <= 16 else {}
+    return Release((1, minor), max_ir, max_opset, f"1.{minor}.{patch}", lacks)
 
 
 #: onnxruntime (and onnxruntime-web) releases on PyPI for Python 3.11, the last patch of each
@@ -74,10 +85,12 @@ ORT_RELEASES: tuple[Release, ...] = (
     _ort(31, 13, 26, 1),
     _ort(32, 13, 28, 0),
 )
-#: OpenVINO releases whose ONNX frontend was probed: both loaded IR 13 and opset 29, the highest
-#: the probe tried (it enforces no limit at load; an operator it lacks fails at compile time).
+#: OpenVINO releases whose ONNX frontend was probed: each loaded IR 13 and opset 29, the highest
+#: the probe tried (it enforces no limit at load; what it lacks fails at compile time, see
+#: benchmarks/README.md's compatibility table).
 OPENVINO_RELEASES: tuple[Release, ...] = (
     Release((2024, 0), 13, 29, "2024.0.0"),
+    Release((2025, 0), 13, 29, "2025.0.0"),
     Release((2026, 4), 13, 29, "2026.4.1"),
 )
 

@@ -246,11 +246,21 @@ def _missing(env: RuntimeEnv) -> str:
     )
 
 
+def float16_lacking(model) -> list[str]:
+    """Operators the target of ``model`` (its recorded ``segdeploy.target``) cannot run in
+    float16 (``"Op@float16"`` in :attr:`Release.lacks`); none for a file without a record."""
+    record = read_record({p.key: p.value for p in model.metadata_props})
+    if not record:
+        return []
+    lacks = resolve_target(record["target"]).release.lacks
+    return sorted(key.split("@")[0] for key in lacks if key.endswith("@float16"))
+
+
 def require_target_ops(model, target: Target) -> None:
     """Refuse a graph holding an operator the target's release cannot run, in one sentence
     naming it and the lowest target that has it (:attr:`Release.lacks`)."""
     ops = {node.op_type for node in model.graph.node}
-    lacking = sorted(set(target.release.lacks) & ops)
+    lacking = sorted(set(target.release.lacks) & ops)  # "Op@float16" keys: see float16_lacking
     if not lacking:
         return
     op = lacking[0]
