@@ -51,9 +51,10 @@ def read_header(source: str | os.PathLike | bytes) -> OnnxHeader:
         SegdeployError: the file is missing or is not an ONNX protobuf.
     """
     name = "this model" if isinstance(source, bytes) else str(source)
-    data = source if isinstance(source, bytes) else _read(Path(source))
     try:
-        return _parse_model(memoryview(data))
+        if isinstance(source, bytes):
+            return _parse_model(memoryview(source))
+        return _parse_model(memoryview(_top_level(Path(source))))
     except (IndexError, ValueError, UnicodeDecodeError) as err:
         raise SegdeployError(f"{name} is not a readable ONNX model ({err})") from None
 
@@ -72,6 +73,50 @@ def graph_sha256(source: str | os.PathLike | bytes, without: tuple[str, ...] = (
         digest.update(view[begin:end])  # the field with its key and length
         begin = end
     return digest.hexdigest()
+
+
+def _top_level(path: Path) -> bytes:
+    """The file's top-level fields with the graph (the bulk of the bytes) left out, read by
+    seeking past it, so judging a large model costs no more than a small one."""
+    if not path.is_file():
+        raise SegdeployError(f"ONNX file {path} does not exist")
+    kept = bytearray()
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        while handle.tell() < size:
+            start = handle.tell()
+            key = _read_varint(handle)
+            if key & 7 != _LENGTH:
+                handle.seek(start)
+                head = handle.read(20)  # a varint field: key and value fit in 20 bytes
+                _, _, _, end = next(_fields(memoryview(head)))
+                kept += head[:end]
+                handle.seek(start + end)
+                continue
+            length = _read_varint(handle)
+            header_end = handle.tell()
+            if header_end + length > size:
+                raise ValueError(f"field {key >> 3} runs past the end of the file")
+            if key >> 3 == _GRAPH:
+                handle.seek(header_end + length)
+                continue
+            handle.seek(start)
+            kept += handle.read(header_end - start + length)
+    return bytes(kept)
+
+
+def _read_varint(handle) -> int:
+    result, shift = 0, 0
+    while True:
+        byte = handle.read(1)
+        if not byte:
+            raise ValueError("the file ends inside a field")
+        result |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise ValueError("malformed varint")
 
 
 def _read(path: Path) -> bytes:

@@ -93,9 +93,11 @@ def test_refusal_by_format_and_by_record():
     assert refusal("m.onnx", 10, 18, "onnxruntime", "1.14.1", None) is None
 
 
-def test_header_reader_reads_what_was_written():
+def test_header_reader_reads_what_was_written(tmp_path):
     data = _model(9, 18, {"segdeploy.target": '{"target": "ort>=1.16"}', "a": "b"})
     header = read_header(data)
+    (tmp_path / "m.onnx").write_bytes(data)
+    assert read_header(tmp_path / "m.onnx") == header  # read from the file, seeking past the graph
     assert (header.ir_version, header.opset) == (9, 18)
     assert header.metadata == {"segdeploy.target": '{"target": "ort>=1.16"}', "a": "b"}
     assert graph_sha256(data) == hashlib.sha256(data).hexdigest()
