@@ -4,7 +4,6 @@
     python -m segdeploy.export.target_check build 'ort>=1.15'
     python -m segdeploy.export.target_check build ort-web
     python -m segdeploy.export.target_check build 'ort>=1.17'
-    python -m segdeploy.export.target_check build 'openvino>=2024.0'
     python -m segdeploy.export.target_check build 'openvino>=2025.0'
     python benchmarks/compat_table.py [--models unet:tiny,unet:small,...] [--out DIR]
 
@@ -19,7 +18,7 @@ end-to-end graph, then opens and runs each file on:
 * onnxruntime 1.15.1, 1.16.3 and 1.17.3 (their own venvs, :mod:`segdeploy.runtime.npz_runner`),
 * the installed onnxruntime (this process),
 * onnxruntime-web 1.16.3 (wasm, under Node),
-* OpenVINO 2024.0 and 2025.0 (their venvs) and the installed OpenVINO (this process).
+* OpenVINO 2025.0 (its venv) and the installed OpenVINO (this process).
 
 A cell is ``ok`` with the comparison against the installed onnxruntime on the same file (max abs
 error, argmax agreement; for the end-to-end graph whether the mask is byte for byte the same), or
@@ -59,7 +58,7 @@ EXTERNAL = (
     "ort>=1.16",
     "ort>=1.17",
     "ort-web>=1.16",
-    "openvino>=2024.0",
+    "openvino>=2025.0",
     "openvino>=2025.0",
 )
 #: ``fp32 (ort)``: the same checkpoint exported with ``--target ort`` (the installed onnxruntime:

@@ -52,7 +52,7 @@ def export(
     target: Annotated[
         str | None,
         typer.Option(
-            help="The runtime the file must open in: ort>=1.16, ort-web, openvino>=2024.0, or "
+            help="The runtime the file must open in: ort>=1.16, ort-web, openvino>=2025.0, or "
             "ort (the installed onnxruntime); the file is checked there "
             f"\\[default: {DEFAULT_TARGET}, the oldest supported onnxruntime].",
         ),
@@ -98,11 +98,16 @@ def export(
             shapes=parse_shapes(shapes) if shapes else None,
             target=target,
         )
+    _print_export(result)
+    if end_to_end:
+        _export_end_to_end(result.onnx_path, batch_input)
+
+
+def _print_export(result) -> None:
+    """The parity table, where the target was checked, node counts and timings, the files."""
     print_parity_table(result.report)
-    console.print(
-        f"target {result.report.context['target']['target']}: checked on "
-        f"{result.report.context['target']['checked_on']}"
-    )
+    target = result.report.context["target"]
+    console.print(f"target {target['target']}: checked on {target['checked_on']}")
     seconds = result.seconds
     console.print(
         f"nodes {result.nodes_before} -> {result.nodes_after} ({result.simplify_note}); "
@@ -110,8 +115,6 @@ def export(
         f"parity {seconds['parity']:.1f}s"
     )
     console.print(f"wrote [bold]{result.onnx_path}[/] and {result.report_path}")
-    if end_to_end:
-        _export_end_to_end(result.onnx_path, batch_input)
 
 
 def _export_end_to_end(onnx_path: Path, batch: bool) -> None:

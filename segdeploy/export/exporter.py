@@ -362,7 +362,7 @@ def export_checkpoint(
             :data:`~segdeploy.export.contract.DEFAULT_PARITY_SHAPES`.
         providers: ONNX Runtime providers to check; default: every usable one.
         target: the runtime the file must open in, e.g. ``"ort>=1.16"``, ``"ort-web"``,
-            ``"openvino>=2024.0"``, ``"ort"`` (the installed onnxruntime); default
+            ``"openvino>=2025.0"``, ``"ort"`` (the installed onnxruntime); default
             :data:`~segdeploy.core.targets.DEFAULT_TARGET`. The file gets the IR version that
             release opens, and the parity gate runs on that release too
             (:mod:`segdeploy.export.target_check`).

@@ -3,7 +3,7 @@
 ``--target ort>=1.16`` is checked on onnxruntime 1.16.3 itself: a virtual environment holding only
 that release and numpy < 2, built once and cached in :func:`runtimes_folder`, runs
 :mod:`segdeploy.runtime.npz_runner` (segdeploy's torch-free runtime, through ``PYTHONPATH``).
-``--target openvino>=2024.0`` on OpenVINO 2024.0.0 the same way (segdeploy's OpenVINO session), and
+``--target openvino>=2025.0`` on OpenVINO 2025.0.0 the same way (segdeploy's OpenVINO session), and
 ``--target ort-web`` on onnxruntime-web's wasm backend under Node
 (``segdeploy/export/ort_web_runner.mjs``, the npm package cached beside the venvs). The outputs come
 back as arrays and are compared with PyTorch's by the same layered comparison as every other

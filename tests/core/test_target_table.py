@@ -40,14 +40,17 @@ def test_parse_target_names_the_release():
     assert parse_target("ort >= 1.18.1").min_version == (1, 18)
     assert parse_target("ort", {"ort": "1.31.1"}).spec == "ort>=1.31"
     assert parse_target("ort-web").spec == targets.DEFAULT_TARGET.replace("ort", "ort-web")
-    assert parse_target("openvino>=2024.0").runtime == "openvino"
+    assert parse_target("openvino>=2025.0").runtime == "openvino"
 
 
 @pytest.mark.parametrize(
     ("spec", "words"),
     [
         ("trt>=8", "expected one of ort, ort-web, openvino"),
-        ("ort>=1.14", "older than the oldest release segdeploy can check a file on (1.15)"),
+        (
+            "ort>=1.14",
+            "older than the oldest release segdeploy supports and checks files on (1.15)",
+        ),
         ("ort", "means the installed onnxruntime, and none is installed"),
     ],
 )
