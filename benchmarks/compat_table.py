@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -144,7 +145,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compat"))
+    parser.add_argument("--render", action="store_true", help="Only redraw compat.md from JSON.")
     args = parser.parse_args()
+    if args.render:
+        table = markdown(json.loads((args.out / "compat.json").read_text()))
+        (args.out / "compat.md").write_text(table)
+        print(table)
+        return
     here = installed_runtimes()
     columns = {
         f"onnxruntime {here['ort']} (installed)": lambda p, f: run_here(p, f, "cpu"),
@@ -192,7 +199,11 @@ def _short(c: dict) -> str:
             return "ok, mask identical"
         return f"ok ({c['max_abs']:.0e}, {c['argmax']:.0%})"
     reason = c.get("reason", "")
-    return f"{c['result']}: {reason[:90]}" if reason else c["result"]
+    needs = re.search(r"exported for (\S+ >=\S+)", reason)
+    if needs:
+        return f"refused in one sentence (needs {needs[1]})"
+    reason = re.sub(r"^\S+ [\d.]+ refused or failed: ", "", reason)
+    return f"{c['result']}: {reason[:60]}" if reason else c["result"]
 
 
 def markdown(result: dict) -> str:
