@@ -316,6 +316,48 @@ def end_to_end_on_target(e2e, model, onnx_path: Path, named, batch: bool) -> dic
     return {"runtime": env.label, "images": len(named), "identical": len(named)}
 
 
+def variant_on_target(variant, card, precision: str) -> str | None:
+    """Run a variant (INT8, FP16, ...) on its parent's target runtime before it is written: one
+    input of two size multiples by three, compared with this process's onnxruntime on argmax.
+
+    Returns where it ran (``None`` when the target is this process's runtime or its environment
+    is not built). Raises :class:`SegdeployError` when it does not open or disagrees there: the
+    INT8 and FP16 files once failed on onnxruntime 1.16.3 although they passed here
+    (benchmarks/README.md, "Compatibility").
+    """
+    from segdeploy.runtime.session import SessionOptions, create_session
+
+    if precision == "bf16":
+        return None  # computed by OpenVINO only, and gated there
+    record = read_record({p.key: p.value for p in variant.metadata_props})
+    env = runtime_env(resolve_target(record["target"])) if record else None
+    if env is None or not env.ready:
+        return None
+    m = card.size_multiple
+    x = np.random.default_rng(0).standard_normal((1, card.in_channels, 2 * m, 3 * m), np.float32)
+    data = variant.SerializeToString()
+    session = create_session(data, SessionOptions(provider="cpu"))
+    name = session.get_inputs()[0].name
+    here = session.run(None, {name: x})[0]
+    with tempfile.TemporaryDirectory(prefix="segdeploy-variant-") as tmp:
+        path = Path(tmp) / f"model.{precision}.onnx"
+        path.write_bytes(data)
+        try:
+            there = next(iter(env.run(path, [{name: x}])[0].values()))
+        except SegdeployError as err:
+            raise SegdeployError(
+                f"the {precision.upper()} variant does not run on {env.label}, the target of its "
+                f"parent ({record['target']}): {err}; nothing was written"
+            ) from None
+    agreement = float(np.mean(np.argmax(here, axis=1) == np.argmax(there, axis=1)))
+    if agreement < 0.9:
+        raise SegdeployError(
+            f"the {precision.upper()} variant decides differently on {env.label} than here "
+            f"({agreement:.1%} argmax agreement on one input); nothing was written"
+        )
+    return env.label
+
+
 def build(target: Target) -> Path:
     """Create the cached environment of ``target`` (a venv with the release, numpy < 2 and
     pillow, or the onnxruntime-web npm package) from the package registries (``.ci/run``)."""

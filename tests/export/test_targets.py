@@ -216,3 +216,19 @@ def test_ort_web_end_to_end_mask_equals_pythons(tiny_checkpoints, tmp_path):
     for image, outputs in zip(images, found, strict=True):
         assert outputs["mask"].tobytes() == reference.predict(image).tobytes()
     assert len(np.unique(reference.predict(images[0]))) >= 1
+
+
+def test_a_variant_is_run_on_its_parents_target_before_it_is_written(unet_onnx):
+    _env("ort>=1.16")
+    from segdeploy.export.onnx_file import read_card
+    from segdeploy.export.target_check import variant_on_target
+
+    variant = onnx.load(unet_onnx)
+    card = read_card(variant, str(unet_onnx))
+    assert variant_on_target(variant, card, "int8") == "onnxruntime 1.16.3"
+    # What ORT 1.31's quantizer wrote before variants dropped unused domains.
+    variant.opset_import.append(onnx.helper.make_opsetid("ai.onnx.ml", 5))
+    with pytest.raises(SegdeployError) as err:
+        variant_on_target(variant, card, "int8")
+    assert "the INT8 variant does not run on onnxruntime 1.16.3" in str(err.value)
+    assert "domain ai.onnx.ml" in str(err.value) and "nothing was written" in str(err.value)
