@@ -17,6 +17,7 @@ from segdeploy.cli.console import console
 from segdeploy.cli.tables import print_parity_table
 from segdeploy.core.artifacts import format_shapes, parse_shapes
 from segdeploy.core.errors import SegdeployError
+from segdeploy.core.targets import DEFAULT_TARGET
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
     DEFAULT_CALIBRATION_SAMPLES,
@@ -47,6 +48,14 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="A .pt written by `segdeploy train`.")],
     out: Annotated[
         Path | None, typer.Option(help="Output .onnx \\[default: exports/<name>.onnx].")
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="The runtime the file must open in: ort>=1.16, ort-web, openvino>=2025.0, or "
+            "ort (the installed onnxruntime); the file is checked there "
+            f"\\[default: {DEFAULT_TARGET}, the oldest supported onnxruntime].",
+        ),
     ] = None,
     opset: Annotated[
         int, typer.Option(help="ONNX opset, 18 or later (dynamo exporter).")
@@ -87,8 +96,18 @@ def export(
             do_simplify=simplify,
             force=force,
             shapes=parse_shapes(shapes) if shapes else None,
+            target=target,
         )
+    _print_export(result)
+    if end_to_end:
+        _export_end_to_end(result.onnx_path, batch_input)
+
+
+def _print_export(result) -> None:
+    """The parity table, where the target was checked, node counts and timings, the files."""
     print_parity_table(result.report)
+    target = result.report.context["target"]
+    console.print(f"target {target['target']}: checked on {target['checked_on']}")
     seconds = result.seconds
     console.print(
         f"nodes {result.nodes_before} -> {result.nodes_after} ({result.simplify_note}); "
@@ -96,8 +115,6 @@ def export(
         f"parity {seconds['parity']:.1f}s"
     )
     console.print(f"wrote [bold]{result.onnx_path}[/] and {result.report_path}")
-    if end_to_end:
-        _export_end_to_end(result.onnx_path, batch_input)
 
 
 def _export_end_to_end(onnx_path: Path, batch: bool) -> None:
@@ -117,7 +134,14 @@ def _export_end_to_end(onnx_path: Path, batch: bool) -> None:
 
 def verify(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
-    checkpoint: Annotated[Path, typer.Argument(metavar="MODEL.pt")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[MODEL.pt]",
+            help="Also run the parity gate against this checkpoint; without it, check the "
+            "file's recorded hashes (its own, its parent's).",
+        ),
+    ] = None,
     shapes: Annotated[
         str | None, typer.Option(help=f"[B x] H x W, comma-separated \\[default: {PARITY_SHAPES}].")
     ] = None,
@@ -128,7 +152,12 @@ def verify(
         ),
     ] = None,
 ) -> None:
-    """Check an existing export against its checkpoint; exit 1 when they disagree."""
+    """Check a file's recorded hashes, or (with MODEL.pt) an export against its checkpoint."""
+    if checkpoint is None:
+        from segdeploy.core.integrity import verify_file
+
+        console.print(verify_file(onnx_path).sentence(), highlight=False)
+        return
     from segdeploy.export import verify_export
 
     report = verify_export(

@@ -35,6 +35,11 @@ PARENT_SHA256_KEY = "segdeploy.parent_sha256"
 GATE_KEY = "segdeploy.gate"
 #: Marks an end-to-end graph (``x.e2e.onnx``): its input/output description and parity result.
 END_TO_END_KEY = "segdeploy.end_to_end"
+#: sha256 of the file's own bytes without this entry (``onnx_file.seal``): what it is, checked by
+#: ``segdeploy verify FILE``.
+CONTENT_SHA256_KEY = "segdeploy.content_sha256"
+#: INT8: the calibration images, ``[{"name": ..., "sha256": ...}]`` over their decoded pixels.
+CALIBRATION_MANIFEST_KEY = "segdeploy.calibration_manifest"
 #: The command that makes each variant, for messages that tell the user how to re-create one.
 VARIANT_COMMANDS = {"int8": "quantize", "fp16": "convert-fp16", "bf16": "convert-bf16"}
 

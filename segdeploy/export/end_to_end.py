@@ -61,7 +61,8 @@ from segdeploy.core.errors import ParityError, SegdeployError
 from segdeploy.core.fileio import atomic_write, file_sha256
 from segdeploy.core.images import ImageSource, describe, load_image
 from segdeploy.data.synthetic import render_road_scene
-from segdeploy.export.onnx_file import attach_metadata, load_onnx, read_card
+from segdeploy.export.onnx_file import attach_metadata, load_onnx, read_card, seal
+from segdeploy.export.target_check import end_to_end_on_target
 from segdeploy.runtime import open_model
 from segdeploy.runtime.postprocess import argmax_mask
 from segdeploy.runtime.session import SessionOptions, create_session
@@ -719,7 +720,10 @@ def export_end_to_end(
     report = check_end_to_end(e2e, onnx_path, images)
     if not report.passed:
         raise ParityError(_refusal(onnx_path, report), report)
-    record = io_description(card, batch) | {"gate": report.to_dict()}
+    # On the target's own runtime too (onnxruntime-web for ort-web): the masks must be the bytes
+    # predict writes.
+    on_target = end_to_end_on_target(e2e, model, onnx_path, _named_images(images, card), batch)
+    record = io_description(card, batch) | {"gate": report.to_dict(), "on_target": on_target}
     attach_metadata(
         e2e,
         {
@@ -727,5 +731,6 @@ def export_end_to_end(
             PARENT_SHA256_KEY: file_sha256(onnx_path),
         },
     )
+    seal(e2e)
     atomic_write(out, lambda tmp: onnx.save(e2e, tmp))
     return EndToEndResult(out, report, time.perf_counter() - started)

@@ -46,10 +46,12 @@ from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
 from segdeploy.core.errors import ParityError, SegdeployError
 from segdeploy.core.fileio import atomic_write, file_sha256
 from segdeploy.core.parity import ParityReport
+from segdeploy.core.targets import TARGET_KEY, Target
 from segdeploy.export.contract import CONTRACTS, DEFAULT_OPSET
-from segdeploy.export.onnx_file import attach_metadata, graph_dims
+from segdeploy.export.onnx_file import attach_metadata, graph_dims, seal
 from segdeploy.export.parity_gate import check_parity
-from segdeploy.runtime.session import SessionOptions, create_session
+from segdeploy.export.target_check import TargetPlan, require_target_ops, target_plan
+from segdeploy.runtime.session import SessionOptions, create_session, usable_providers
 from segdeploy.train.checkpoint import load_checkpoint
 
 
@@ -281,9 +283,16 @@ def _publish(out: Path, report_path: Path, onnx_model: onnx.ModelProto, report: 
     artifacts.rejected_report_path(out).unlink(missing_ok=True)
 
 
-def _finish_graph(onnx_model: onnx.ModelProto, card: ModelCard, checkpoint: Path, opset: int):
-    """Put the card and provenance into ``metadata_props``, then run onnx's full check."""
+def _finish_graph(
+    onnx_model: onnx.ModelProto, card: ModelCard, checkpoint: Path, opset: int, target: Target
+):
+    """Stamp the target's IR version, put the card, provenance and target record into
+    ``metadata_props``, run onnx's full check, then seal the file with its content hash."""
     size = trace_size(card)
+    # The exporter stamps onnx's newest IR; the graph holds nothing newer than the target's
+    # (it is checked on the target's runtime below), so the stamp is lowered to what it opens.
+    onnx_model.ir_version = min(onnx_model.ir_version, target.max_ir)
+    require_target_ops(onnx_model, target)
     attach_metadata(
         onnx_model,
         {
@@ -293,6 +302,7 @@ def _finish_graph(onnx_model: onnx.ModelProto, card: ModelCard, checkpoint: Path
             artifacts.EXPORT_SHAPE_KEY: json.dumps([2, card.in_channels, size, size]),
             artifacts.CHECKPOINT_SHA256_KEY: file_sha256(checkpoint),
             artifacts.TORCH_VERSION_KEY: torch.__version__,
+            TARGET_KEY: target.record(onnx_model.ir_version, opset),
         },
     )
     onnx_model.producer_name = "segdeploy"
@@ -301,6 +311,7 @@ def _finish_graph(onnx_model: onnx.ModelProto, card: ModelCard, checkpoint: Path
         onnx.checker.check_model(onnx_model, full_check=True)
     except onnx.checker.ValidationError as err:
         raise SegdeployError(f"the exported graph failed onnx.checker: {err}") from None
+    seal(onnx_model)
 
 
 def _report_context(
@@ -337,6 +348,7 @@ def export_checkpoint(
     force: bool = False,
     shapes: list[tuple[int, int, int]] | None = None,
     providers: list[str] | None = None,
+    target: str | None = None,
 ) -> ExportResult:
     """Export a segdeploy checkpoint to ONNX and publish it only if it passes the parity gate.
 
@@ -349,6 +361,11 @@ def export_checkpoint(
         shapes: parity shapes ``(batch, height, width)``; defaults to
             :data:`~segdeploy.export.contract.DEFAULT_PARITY_SHAPES`.
         providers: ONNX Runtime providers to check; default: every usable one.
+        target: the runtime the file must open in, e.g. ``"ort>=1.16"``, ``"ort-web"``,
+            ``"openvino>=2025.0"``, ``"ort"`` (the installed onnxruntime); default
+            :data:`~segdeploy.core.targets.DEFAULT_TARGET`. The file gets the IR version that
+            release opens, and the parity gate runs on that release too
+            (:mod:`segdeploy.export.target_check`).
 
     Raises:
         ParityError: ONNX Runtime disagrees with PyTorch (the report is written as
@@ -360,11 +377,12 @@ def export_checkpoint(
     """
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else artifacts.default_export_path(checkpoint)
+    plan = target_plan(target, opset)  # a target that cannot be met fails before the export
     _check_destination(out)
     with export_lock(out):
         if out.exists() and not force:
             raise SegdeployError(f"{out} already exists; pass --force to replace it")
-        return _export_and_publish(checkpoint, out, opset, do_simplify, shapes, providers)
+        return _export_and_publish(checkpoint, out, opset, do_simplify, shapes, providers, plan)
 
 
 def _export_and_publish(
@@ -374,8 +392,11 @@ def _export_and_publish(
     do_simplify: bool,
     shapes: list[tuple[int, int, int]] | None,
     providers: list[str] | None,
+    plan: TargetPlan,
 ) -> ExportResult:
     """The body of :func:`export_checkpoint`, run while holding the destination's lock."""
+    if plan.providers:
+        providers = [*(providers or usable_providers()), *plan.providers]
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     with _timed(seconds, "export"):
@@ -388,12 +409,15 @@ def _export_and_publish(
     with _timed(seconds, "simplify"):
         if do_simplify:
             onnx_model, simplified, note = simplify(onnx_model, card)
-    _finish_graph(onnx_model, card, checkpoint, opset)
+    _finish_graph(onnx_model, card, checkpoint, opset, plan.target)
     with _timed(seconds, "parity"):
-        report = check_parity(onnx_model, model, card, shapes, providers, name=out.name)
+        report = check_parity(
+            onnx_model, model, card, shapes, providers, name=out.name, target_env=plan.env
+        )
     seconds["total"] = time.perf_counter() - started
     nodes = (nodes_before, len(onnx_model.graph.node))
     report.context = _report_context(checkpoint, out, opset, nodes, note, seconds)
+    report.context["target"] = {"target": plan.target.spec, "checked_on": plan.note}
     if not report.passed:
         rejected = artifacts.rejected_report_path(out)
         atomic_write(rejected, lambda tmp: tmp.write_text(report.to_json()))

@@ -19,6 +19,7 @@ from segdeploy.export.contract import (
     MAX_METRIC_DROP,
 )
 from segdeploy.export.gates import GateResult, gate_variant
+from segdeploy.export.target_check import float16_lacking
 
 #: Ops kept in FP32 by :func:`convert_fp16`: reductions and exponentials lose accuracy or
 #: overflow in half precision; ONNX Runtime's own default list covers the rest.
@@ -54,9 +55,11 @@ def convert_fp16(
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     def half(model):
-        return convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_BLOCKED_OPS]
-        )
+        # Ops the parent's target cannot run in float16 stay in FP32 (SegFormer's
+        # LayerNormalization on onnxruntime 1.15/1.16), so the variant opens where its parent does.
+        for_target = float16_lacking(model)
+        blocked = [*DEFAULT_OP_BLOCK_LIST, *FP16_BLOCKED_OPS, *for_target]
+        return convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
 
     return gate_variant(
         onnx_path,

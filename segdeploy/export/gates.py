@@ -46,7 +46,14 @@ from segdeploy.core.metrics import confusion_matrix, metrics_from_confusion, sco
 from segdeploy.core.parity import CaseReport, Tolerance, compare_values, pool_cases
 from segdeploy.data.samples import LabelledImage, labelled_images
 from segdeploy.export.contract import CONTRACTS, DEFAULT_GATE_PROVIDER, MAX_METRIC_DROP
-from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
+from segdeploy.export.onnx_file import (
+    attach_metadata,
+    open_fp32_parent,
+    read_card,
+    seal,
+    stamp_parent_format,
+)
+from segdeploy.export.target_check import variant_on_target
 from segdeploy.runtime import open_model
 from segdeploy.runtime.model import SegmentationModel
 
@@ -320,6 +327,9 @@ def gate_and_write(
     if calibration is not None:
         metadata[CALIBRATION_KEY] = calibration.description
     attach_metadata(variant, metadata)
+    stamp_parent_format(variant, fp32_path)
+    variant_on_target(variant, read_card(variant, str(out)), precision)
+    seal(variant)
     _write_pair(variant, result)
     return result
 

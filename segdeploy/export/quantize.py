@@ -11,6 +11,8 @@ use FP16 there.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from segdeploy.core.artifacts import PRECISION_KEY
+from segdeploy.core.artifacts import CALIBRATION_MANIFEST_KEY, PRECISION_KEY
 from segdeploy.core.card import ModelCard
 from segdeploy.core.images import load_image
 from segdeploy.core.preprocess import normalise
@@ -115,6 +117,17 @@ def quantize_static_qdq(
         return onnx.load(quantized)
 
 
+def calibration_manifest(calibration) -> str:
+    """The calibration images as JSON, ``[{"name": ..., "sha256": ...}]``, each hashed over its
+    decoded pixels with their shape (the same image in another file format hashes the same)."""
+    entries = []
+    for image in calibration.images:
+        digest = hashlib.sha256(str(image.pixels.shape).encode())
+        digest.update(np.ascontiguousarray(image.pixels).tobytes())
+        entries.append({"name": image.name, "sha256": digest.hexdigest()})
+    return json.dumps(entries)
+
+
 def quantize_int8(
     onnx_path: str | Path,
     out: str | Path | None = None,
@@ -149,7 +162,9 @@ def quantize_int8(
     inputs = model_inputs(card, calibration.images)
     int8_model = quantize_static_qdq(onnx_path, model.graph.input[0].name, inputs)
     attach_metadata(
-        int8_model, {p.key: p.value for p in model.metadata_props} | {PRECISION_KEY: "int8"}
+        int8_model,
+        {p.key: p.value for p in model.metadata_props}
+        | {PRECISION_KEY: "int8", CALIBRATION_MANIFEST_KEY: calibration_manifest(calibration)},
     )
     return gate_and_write(
         onnx_path,
