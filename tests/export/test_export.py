@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -226,7 +227,7 @@ def test_a_stale_lock_is_taken_over_and_a_pass_clears_the_rejected_report(
         capture_output=True,
         text=True,
     )
-    dead = {"pid": int(gone.stdout), "host": exporter.socket.gethostname(), "started": 0}
+    dead = {"pid": int(gone.stdout), "host": socket.gethostname(), "started": 0}
     artifacts.lock_path(out).write_text(json.dumps(dead))
     artifacts.rejected_report_path(out).write_text('{"passed": false}')
     result = export_checkpoint(tiny_checkpoints["unet"], out, shapes=[(1, 16, 16)])

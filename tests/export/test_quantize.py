@@ -2,7 +2,7 @@
 (``segdeploy quantize`` / ``convert-fp16`` for their exit codes and wording).
 
 An untrained tiny U-Net is enough here; the gate's judgement on a trained model is in
-test_gates.py.
+test_accuracy_gate.py.
 """
 
 from __future__ import annotations
