@@ -107,7 +107,10 @@ def predict(
         f"{model.card.arch} ({model.card.task}, {model.card.num_classes} classes) on "
         f"[bold]{model.provider}[/], {len(paths)} images -> {out}"
     )
-    summary = _predict_with_progress_bar(model, paths, out, overlay, batch_size, tiling, ray)
+    from segdeploy.core.publish import lock
+
+    with lock(out, "predict"):  # one run per output folder: masks of two runs never mix
+        summary = _predict_with_progress_bar(model, paths, out, overlay, batch_size, tiling, ray)
     _print_summary(summary, out)
     if summary.failed:
         raise typer.Exit(EXIT_ERROR)

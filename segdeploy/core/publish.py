@@ -278,15 +278,16 @@ def recover_folder(out: str | Path) -> None:
     that never finished) and ``.x.trash`` (a deletion that never finished): deleted.
     """
     out = Path(out)
-    old = _aside(out, "old")
-    if old.is_dir():
-        if out.exists() or out.is_symlink():
-            os.replace(old, _aside(out, "trash"))
-        else:
-            os.replace(old, out)
-    for leftover in (_aside(out, "new"), _aside(out, "trash")):
+    old, trash = _aside(out, "old"), _aside(out, "trash")
+    for leftover in (_aside(out, "new"), trash):
         if leftover.is_dir():
             shutil.rmtree(leftover)
+    if old.is_dir():
+        if out.exists() or out.is_symlink():
+            os.replace(old, trash)
+            shutil.rmtree(trash)
+        else:
+            os.replace(old, out)
 
 
 def publish_folder(
@@ -336,8 +337,13 @@ def publish_folder(
 
 
 def lock_path(out: str | Path) -> Path:
-    """``x`` -> ``.x.lock`` beside it: held by whoever writes ``x``."""
+    """``x`` -> ``.x.lock`` beside it: held by whoever writes ``x`` (``.`` and ``..`` are named
+    by the folder they resolve to)."""
     out = Path(out)
+    if out.name in ("", ".", ".."):
+        out = out.resolve()
+    if not out.name:  # the root folder
+        return out / ".segdeploy.lock"
     return out.with_name(f".{out.name}.lock")
 
 
