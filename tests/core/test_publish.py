@@ -109,11 +109,11 @@ def test_a_pair_is_staged_whole_and_a_refused_gate_changes_nothing(tmp_path):
     out, report = tmp_path / "v.onnx", tmp_path / "v.gate.json"
     out.write_text("old model")
     report.write_text("old report")
-    with pytest.raises(SegdeployError, match="gate"):
-        with publish.publishing(out, "variant", force=True) as staging:
-            staging.stage(out, _write("new model"))
-            staging.stage(report, _write("new report"))
-            raise SegdeployError("the gate refused it")
+    refused = pytest.raises(SegdeployError, match="gate")
+    with refused, publish.publishing(out, "variant", force=True) as staging:
+        staging.stage(out, _write("new model"))
+        staging.stage(report, _write("new report"))
+        raise SegdeployError("the gate refused it")
     assert (out.read_text(), report.read_text()) == ("old model", "old report")
     with publish.publishing(out, "variant", force=True) as staging:
         staged = staging.stage(out, _write("new model"))
@@ -205,9 +205,10 @@ def test_a_live_lock_is_respected_and_names_its_holder(tmp_path):
     out = tmp_path / "masks"
     with publish.lock(out, "predict") as held:
         assert held == tmp_path / ".masks.lock"
-        with pytest.raises(SegdeployError, match=rf"another predict .* \(process {os.getpid()}"):
-            with publish.lock(out, "predict"):
-                pass
+        message = rf"another predict .* \(process {os.getpid()}"
+        refused = pytest.raises(SegdeployError, match=message)
+        with refused, publish.lock(out, "predict"):
+            pass
     assert _names(tmp_path) == []
 
 
