@@ -152,8 +152,8 @@ def quantize_int8(
         AccuracyGateError: the INT8 model failed the gate (``.result``); no file was written.
     """
     onnx_path, model, out, card = open_fp32_parent(onnx_path, out, "int8", "quantize")
-    inputs = variant_inputs(onnx_path, calib)
-    check_destination(out, inputs, force, "int8")
+    reads = variant_inputs(onnx_path, calib)
+    check_destination(out, reads, force, "int8")
     seed = int(card.training.get("seed", 0))
     calibration = load_split(card, calib, "train", samples, seed)
     gate = load_split(card, calib, "val", eval_samples, seed)
@@ -170,7 +170,7 @@ def quantize_int8(
         gate,
         calibration,
         force,
-        inputs,
+        reads,
         max_drop=max_drop,
         min_agreement=min_agreement,
     )
