@@ -261,3 +261,12 @@ def test_gate_sessions_compute_fp32_and_refuse_only_compute_on_the_cpu(monkeypat
     assert parity_gate.cuda_compute_on_cpu(b"") == []
     placed = ["Shape", "Conv", "Conv"]
     assert parity_gate.cuda_compute_on_cpu(b"") == ["Conv"]
+
+
+def test_an_export_onto_its_checkpoint_is_refused_even_with_force(tiny_checkpoints, tmp_path):
+    checkpoint = shutil.copy(tiny_checkpoints["unet"], tmp_path / "unet.onnx")  # a misnamed .pt
+    before = checkpoint.read_bytes()
+    with pytest.raises(SegdeployError, match="never replaces an input"):
+        export_checkpoint(checkpoint, checkpoint, force=True)
+    assert checkpoint.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx"]
