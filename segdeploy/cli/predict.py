@@ -107,10 +107,7 @@ def predict(
         f"{model.card.arch} ({model.card.task}, {model.card.num_classes} classes) on "
         f"[bold]{model.provider}[/], {len(paths)} images -> {out}"
     )
-    from segdeploy.core.publish import lock
-
-    with lock(out, "predict"):  # one run per output folder: masks of two runs never mix
-        summary = _predict_with_progress_bar(model, paths, out, overlay, batch_size, tiling, ray)
+    summary = _predict_with_progress_bar(model, paths, out, overlay, batch_size, tiling, ray)
     _print_summary(summary, out)
     if summary.failed:
         raise typer.Exit(EXIT_ERROR)
@@ -167,8 +164,11 @@ def _predict_with_progress_bar(
             predict_files_ray, provider=model.provider, **ray_options
         )
         model = model.path
+    from segdeploy.core.publish import lock
+
     columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    # One run per output folder at a time: the masks of two runs never mix.
+    with lock(out, "predict"), Progress(*columns, console=console) as progress:
         task = progress.add_task("predicting", total=len(paths))
         return predict_files(
             model,
