@@ -8,8 +8,9 @@ The rules, in the order they are checked:
 * **Names.** Where a *name* is asked (a Triton model name), it must be one plain path component:
   not empty, not ``.`` or ``..``, no ``/`` or ``\\`` (:func:`check_name`).
 * **Never onto an input.** A destination that resolves (``Path.resolve``, symlinks followed) to
-  one of the command's inputs, to a folder holding an input, or to its own folder or one above it
-  is refused, ``force`` or not (:func:`refuse_overlap`): replacing what a command reads, or the
+  one of the command's inputs, to something already inside an input folder, to a folder holding
+  an input, or to its own folder or one above it is refused, ``force`` or not
+  (:func:`refuse_overlap`): replacing what a command reads, or the
   folder that holds the destination, is never what the user meant.
 * **Existing outputs.** Replaced only with ``force``; otherwise one sentence naming the file and
   ``--force`` (:func:`refuse_existing`).
@@ -89,8 +90,9 @@ def _is_within(path: Path, folder: Path) -> bool:
 def refuse_overlap(
     out: str | Path, inputs: Iterable[str | Path] = (), what: str = "output"
 ) -> None:
-    """Refuse ``out`` when it resolves to an input, to a folder holding an input, or to its own
-    folder or a folder above it. Applies with ``force`` too.
+    """Refuse ``out`` when it resolves to an input, to an existing file or folder inside an input
+    folder (a data folder's image), to a folder holding an input, or to its own folder or a
+    folder above it. Applies with ``force`` too.
 
     Raises:
         SegdeployError: one sentence naming ``out`` and what it would replace.
@@ -116,6 +118,12 @@ def refuse_overlap(
                 f"{what} {out}: expected a path that does not hold the input {item}, found it "
                 "does; choose another output (--force never replaces an input)"
             )
+        if source.is_dir() and resolved.is_relative_to(source) and resolved.exists():
+            raise SegdeployError(
+                f"{what} {out}: expected a path other than the files of the input folder "
+                f"{item}, found one of them; choose another output (--force never replaces an "
+                "input)"
+            )
 
 
 def refuse_existing(out: str | Path, force: bool) -> None:
@@ -128,6 +136,26 @@ def refuse_existing(out: str | Path, force: bool) -> None:
 # ------------------------------------------------------------------------------------------------
 # Files
 # ------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` (a full disk, a file-size limit, a folder where a
+    file should go) into one sentence naming it; everything else passes through."""
+    try:
+        yield
+    except SegdeployError:
+        raise
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise SegdeployError(f"cannot write {path}: {reason}; nothing was replaced") from None
+
+
+def refuse_folder(out: str | Path, what: str = "output") -> None:
+    """Refuse a file destination ``out`` that is an existing folder, ``force`` or not."""
+    out = Path(out)
+    if out.is_dir():
+        raise SegdeployError(f"{what} {out}: expected a file name, found a folder")
 
 
 def _ensure_folder(folder: Path) -> None:
@@ -167,10 +195,12 @@ def write_file(path: str | Path, write: Writer) -> Path:
     checkpoint of this run's next epoch). What a user names goes through :func:`publish_file`.
     """
     path = Path(path)
+    refuse_folder(path)
     tmp = temp_sibling(path)
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with _writing(path):
+            write(tmp)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -195,7 +225,8 @@ class Staging:
         path = Path(path)
         tmp = temp_sibling(path)
         self._staged.append((tmp, path))
-        write(tmp)
+        with _writing(path):
+            write(tmp)
         return tmp
 
     def commit(self) -> None:
@@ -203,7 +234,8 @@ class Staging:
         for _, path in self._staged[1:]:
             path.unlink(missing_ok=True)
         for tmp, path in self._staged:
-            os.replace(tmp, path)
+            with _writing(path):
+                os.replace(tmp, path)
         self._staged.clear()
 
     def discard(self) -> None:
@@ -238,8 +270,7 @@ def publishing(
     refuse_existing(out, force)
     with lock(out, what):
         refuse_existing(out, force)  # another writer may have finished while we looked
-        if out.is_dir():
-            raise SegdeployError(f"{what} {out}: expected a file name, found a folder")
+        refuse_folder(out, what)
         staging = Staging()
         try:
             yield staging
@@ -316,8 +347,9 @@ def publish_folder(
             raise SegdeployError(f"{what} {out}: expected a folder to replace, found a file")
         new, old = _aside(out, "new"), _aside(out, "old")
         try:
-            new.mkdir()  # 0o777 less the umask, as any folder
-            build(new)
+            with _writing(out):
+                new.mkdir()  # 0o777 less the umask, as any folder
+                build(new)
         except BaseException:
             shutil.rmtree(new, ignore_errors=True)
             raise

@@ -90,7 +90,9 @@ def test_plain_names_pass():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("failure", [RuntimeError("disk full"), KeyboardInterrupt()])
+@pytest.mark.parametrize(
+    "failure", [RuntimeError("a writer's bug"), OSError(27, "File too large"), KeyboardInterrupt()]
+)
 def test_a_failed_or_interrupted_build_leaves_the_old_file_and_nothing_else(tmp_path, failure):
     out = tmp_path / "unet.onnx"
     out.write_bytes(b"old model")
@@ -99,8 +101,11 @@ def test_a_failed_or_interrupted_build_leaves_the_old_file_and_nothing_else(tmp_
         tmp.write_bytes(b"half a mod")
         raise failure
 
-    with pytest.raises(type(failure)):
+    expected = SegdeployError if isinstance(failure, OSError) else type(failure)
+    with pytest.raises(expected) as caught:
         publish.publish_file(out, half_then_fail, force=True)
+    if expected is SegdeployError:  # one sentence naming the file
+        assert str(caught.value) == f"cannot write {out}: File too large; nothing was replaced"
     assert out.read_bytes() == b"old model"
     assert _names(tmp_path) == ["unet.onnx"]
 
@@ -237,7 +242,8 @@ def test_a_failed_folder_build_keeps_the_old_folder_whole(tmp_path, failure):
         (folder / "config.pbtxt").write_text("new")
         raise failure
 
-    with pytest.raises(type(failure)):
+    expected = SegdeployError if isinstance(failure, OSError) else type(failure)
+    with pytest.raises(expected):
         publish.publish_folder(out, half_then_fail, force=True)
     assert (out / "1" / "model.onnx").read_text() == "old"
     assert (out / "config.pbtxt").read_text() == "old"
@@ -292,3 +298,13 @@ def test_replacing_a_folder_never_shows_neither(tmp_path, monkeypatch):
     publish.publish_folder(out, lambda f: _model_folder(f, "new"), force=True)
     assert seen and all(seen)
     assert (out / "1" / "model.onnx").read_text() == "new"
+
+
+def test_an_output_inside_an_input_folder_is_refused_when_it_is_one_of_its_files(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"pixels")
+    with pytest.raises(SegdeployError, match="the files of the input folder"):
+        publish.publish_file(data / "a.png", _write("x"), force=True, inputs=[data])
+    assert (data / "a.png").read_bytes() == b"pixels"
+    publish.publish_file(data / "report.json", _write("x"), inputs=[data])  # a new file is fine

@@ -171,7 +171,7 @@ def test_a_replacement_that_fails_midway_keeps_the_old_model(
 
     monkeypatch.setattr(triton_repo.shutil, "copyfile", copy_half_then_fail)
     options = TritonRepoOptions(name="other", max_batch_size=2, warmup_size=(32, 32))
-    with pytest.raises(OSError if isinstance(failure, OSError) else failure):
+    with pytest.raises(SegdeployError if isinstance(failure, OSError) else failure):
         write_triton_repo(export, repo, options, overwrite=True)
     assert snapshot(repo) == before  # every file of the old model, and nothing beside it
     assert sorted(p.name for p in repo.iterdir()) == ["other"]
