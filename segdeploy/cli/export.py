@@ -14,9 +14,16 @@ from typing import Annotated
 import typer
 
 from segdeploy.cli.console import console
+from segdeploy.cli.options import Force
 from segdeploy.cli.tables import print_parity_table
-from segdeploy.core.artifacts import format_shapes, parse_shapes
+from segdeploy.core.artifacts import (
+    default_export_path,
+    end_to_end_path,
+    format_shapes,
+    parse_shapes,
+)
 from segdeploy.core.errors import SegdeployError
+from segdeploy.core.publish import refuse_existing
 from segdeploy.core.targets import DEFAULT_TARGET
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
@@ -61,7 +68,7 @@ def export(
         int, typer.Option(help="ONNX opset, 18 or later (dynamo exporter).")
     ] = DEFAULT_OPSET,
     simplify: Annotated[bool, typer.Option(help="Simplify with onnxsim.")] = True,
-    force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    force: Force = False,
     shapes: Annotated[
         str | None, typer.Option(help=f"Parity shapes, [B x] H x W \\[default: {PARITY_SHAPES}].")
     ] = None,
@@ -87,6 +94,8 @@ def export(
 
     if batch_input and not end_to_end:
         raise SegdeployError("--batch-input shapes the end-to-end graph: add --end-to-end")
+    if end_to_end:  # before a minute of exporting, not after
+        refuse_existing(end_to_end_path(out or default_export_path(checkpoint)), force)
 
     with console.status(f"exporting {checkpoint} (torch.export + onnxsim + parity)"):
         result = export_checkpoint(
@@ -122,7 +131,8 @@ def _export_end_to_end(onnx_path: Path, batch: bool) -> None:
     from segdeploy.export.end_to_end import export_end_to_end
 
     with console.status(f"building and checking the end-to-end graph of {onnx_path}"):
-        # An x.e2e.onnx already there was made from an x.onnx that this export just replaced.
+        # Checked before exporting: an x.e2e.onnx still there was made from the x.onnx that
+        # this export (with --force) just replaced.
         result = export_end_to_end(onnx_path, force=True, batch=batch)
     report = result.report
     console.print(
@@ -187,13 +197,14 @@ def quantize(
     eval_samples: EvalSamples = DEFAULT_EVAL_SAMPLES,
     max_drop: MaxDropPoints = 100 * MAX_METRIC_DROP["int8"],
     out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.int8.onnx]")] = None,
+    force: Force = False,
 ) -> None:
     """Static INT8 (QDQ, per-channel) for CPU, kept only if it passes the accuracy gate."""
     from segdeploy.export.quantize import quantize_int8
 
     with console.status(f"calibrating, quantising and gating {onnx_path}"):
         result = quantize_int8(
-            onnx_path, out, calib, samples, eval_samples, max_drop=max_drop / 100
+            onnx_path, out, calib, samples, eval_samples, max_drop=max_drop / 100, force=force
         )
     _print_gate(result)
 
@@ -207,13 +218,20 @@ def convert_fp16(
         str, typer.Option(help="Where the gate runs: cpu (FP16 mostly computed in FP32) or cuda.")
     ] = DEFAULT_GATE_PROVIDER,
     out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.fp16.onnx]")] = None,
+    force: Force = False,
 ) -> None:
     """FP16 variant for CUDA (FP32 inputs/outputs kept, fragile ops left in FP32), gated."""
     from segdeploy.export.fp16 import convert_fp16 as to_fp16
 
     with console.status(f"converting and gating {onnx_path}"):
         result = to_fp16(
-            onnx_path, out, data, eval_samples, max_drop=max_drop / 100, provider=provider
+            onnx_path,
+            out,
+            data,
+            eval_samples,
+            max_drop=max_drop / 100,
+            provider=provider,
+            force=force,
         )
     _print_gate(result)
 
@@ -224,12 +242,13 @@ def convert_bf16(
     eval_samples: EvalSamples = DEFAULT_EVAL_SAMPLES,
     max_drop: MaxDropPoints = 100 * MAX_METRIC_DROP["bf16"],
     out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.bf16.onnx]")] = None,
+    force: Force = False,
 ) -> None:
     """bf16 variant for OpenVINO on CPUs with AVX512-BF16/AMX (about 2x FP32), gated there."""
     from segdeploy.export.bf16 import convert_bf16 as to_bf16
 
     with console.status(f"gating {onnx_path} in bf16 on OpenVINO"):
-        result = to_bf16(onnx_path, out, data, eval_samples, max_drop=max_drop / 100)
+        result = to_bf16(onnx_path, out, data, eval_samples, max_drop=max_drop / 100, force=force)
     _print_gate(result)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segdeploy.core import publish
 from segdeploy.core.errors import SegdeployError
 
 #: Every precision segdeploy can run; fp32 is the export itself, the others are variants.
@@ -92,9 +93,9 @@ def gate_report_path(variant: str | Path) -> Path:
 
 
 def lock_path(onnx_path: str | Path) -> Path:
-    """``x.onnx`` -> ``.x.onnx.lock``, held by the export writing ``x.onnx``."""
-    onnx_path = Path(onnx_path)
-    return onnx_path.with_name(f".{onnx_path.name}.lock")
+    """``x.onnx`` -> ``.x.onnx.lock``, held by the export writing ``x.onnx``
+    (:func:`segdeploy.core.publish.lock_path`)."""
+    return publish.lock_path(onnx_path)
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:

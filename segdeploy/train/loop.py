@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.metrics import IGNORE_INDEX, TaskScore, confusion_of_pairs, score_confusion
+from segdeploy.core.publish import refuse_folder, refuse_overlap
 from segdeploy.data.samples import MASK_VALUES_KEY, LabelledImage, labelled_images
 from segdeploy.data.summary import DataSummary
 from segdeploy.models import ArchSpec, create_model, get_spec
@@ -537,6 +538,10 @@ def check_output(config: TrainConfig) -> None:
         raise SegdeployError(
             f"--out must not end in {STATE_SUFFIX}: that name is a run's state file"
         )
+    reads = [Path(config.data)] if config.data != "synthetic" else []
+    for path in (out, state_path(out)):  # never an input nor a folder, --force or not
+        refuse_overlap(path, reads + [p for p in (config.pretrained,) if p], "checkpoint")
+        refuse_folder(path, "checkpoint")
     if config.force:
         return
     if config.resume is not None and _resume_paths(config.resume)[0].resolve() == out.resolve():
