@@ -186,18 +186,12 @@ def info(
 ) -> None:
     """Show the model card a checkpoint or an ONNX export carries."""
     if path.suffix == ".onnx":
-        from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
-        from segdeploy.core.errors import SegdeployError
+        from segdeploy.core.card import ONNX_METADATA_KEY, card_from_metadata
         from segdeploy.runtime.variants import read_metadata
 
         # Read, not opened: a bf16 variant is OpenVINO's to run, but anyone may read its card.
         metadata = read_metadata(path)
-        if ONNX_METADATA_KEY not in metadata:
-            raise SegdeployError(
-                f"ONNX file {path}: expected a segdeploy model card in its metadata "
-                f"('{ONNX_METADATA_KEY}'), found none"
-            )
-        card = ModelCard.from_json(metadata[ONNX_METADATA_KEY], source=str(path))
+        card = card_from_metadata(metadata, str(path))
         extra = {
             k.removeprefix("segdeploy."): v
             for k, v in metadata.items()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -159,3 +160,24 @@ class ModelCard:
         except json.JSONDecodeError as err:
             raise SegdeployError(f"{source}: model card is not valid JSON ({err})") from None
         return cls.from_dict(data, source)
+
+
+def card_from_metadata(
+    metadata: Mapping[str, str], source: str, hint: str = "export it with segdeploy export"
+) -> ModelCard:
+    """The model card an ONNX file carries in ``metadata_props`` (as ``{key: value}``).
+
+    The one reader of the card from ONNX metadata: the runtime, ``info``, Triton's repository and
+    the export stages all use it, so a file without a card is refused in the same words
+    everywhere (``hint`` says what to do instead).
+
+    Raises:
+        SegdeployError: no card under :data:`ONNX_METADATA_KEY`, or a malformed one.
+    """
+    stored = metadata.get(ONNX_METADATA_KEY)
+    if stored is None:
+        raise SegdeployError(
+            f"ONNX file {source}: expected a segdeploy model card in its metadata "
+            f"('{ONNX_METADATA_KEY}'), found none; {hint}"
+        )
+    return ModelCard.from_json(stored, source=f"ONNX file {source}")

@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from segdeploy.core.card import ModelCard
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.images import ImageSource, describe, load_image
 from segdeploy.data.synthetic import render_road_scene
 from segdeploy.export.e2e_graph import INPUT_NAME, SCORES_NAME
@@ -195,7 +195,7 @@ def check_end_to_end(
         batch = len(e2e.graph.input[0].type.tensor_type.shape.dim) == 4
         checks = tuple(_checks(session, reference, named, batch))
     except Exception as err:  # ORT rejects a malformed graph with several exception types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise SegdeployError(
             f"the end-to-end graph of {onnx_path} does not run ({first})"
         ) from None

@@ -41,7 +41,7 @@ from torch.export import Dim
 from segdeploy import __version__
 from segdeploy.core import artifacts, publish
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
-from segdeploy.core.errors import ParityError, SegdeployError
+from segdeploy.core.errors import ParityError, SegdeployError, first_line
 from segdeploy.core.fileio import file_sha256
 from segdeploy.core.parity import ParityReport
 from segdeploy.core.publish import refuse_overlap, write_file
@@ -101,7 +101,7 @@ def to_onnx(model: nn.Module, card: ModelCard, opset: int = DEFAULT_OPSET) -> on
                 verbose=False,
             )
     except Exception as err:  # the exporter raises many internal types; report the first line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise SegdeployError(f"torch.onnx.export failed for '{card.arch}': {first}") from None
     produced = next(
         o.version for o in program.model_proto.opset_import if o.domain in ("", "ai.onnx")

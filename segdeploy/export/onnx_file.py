@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 
 from segdeploy.core.artifacts import CONTENT_SHA256_KEY, PRECISION_KEY, variant_path
-from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
+from segdeploy.core.card import ModelCard, card_from_metadata
 from segdeploy.core.errors import SegdeployError, first_line
 
 
@@ -79,10 +79,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
 
 def read_card(model: onnx.ModelProto, source: str) -> ModelCard:
     """The model card stored in an ONNX model's ``metadata_props``."""
-    props = {p.key: p.value for p in model.metadata_props}
-    if ONNX_METADATA_KEY not in props:
-        raise SegdeployError(f"{source} carries no segdeploy model card (not a segdeploy export)")
-    return ModelCard.from_json(props[ONNX_METADATA_KEY], source=source)
+    return card_from_metadata({p.key: p.value for p in model.metadata_props}, source)
 
 
 def require_fp32(model: onnx.ModelProto, path: Path, command: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from segdeploy.core.artifacts import PRECISION_KEY
-from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
+from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard, card_from_metadata
 from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.preprocess import normalise
 from segdeploy.runtime import tiling
@@ -369,10 +369,9 @@ def _resolve_card(
         for key, value in (("mean", mean), ("std", std), ("class_names", class_names))
         if value is not None
     }
-    if card is None:
-        stored = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
-        if stored is not None:
-            card = ModelCard.from_json(stored, source=f"ONNX file {path}")
+    metadata = session.get_modelmeta().custom_metadata_map
+    if card is None and ONNX_METADATA_KEY in metadata:
+        card = card_from_metadata(metadata, str(path))
     if card is not None:
         return card.replace(**overrides) if overrides else card
     missing = [key for key in ("mean", "std", "class_names") if key not in overrides]

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.card import ModelCard, card_from_metadata
+from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.publish import check_name, publish_folder, refuse_overlap
 from segdeploy.runtime.engine import ort
 
@@ -122,17 +122,11 @@ def _read_signature(path: Path) -> _Signature:
     except SegdeployError:
         raise
     except Exception as err:  # ORT raises InvalidProtobuf, Fail, ... for files it cannot read
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err)
         raise SegdeployError(
             f"ONNX file {path}: expected a model ONNX Runtime can load, found an error ({first})"
         ) from None
-    stored = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
-    if stored is None:
-        raise SegdeployError(
-            f"ONNX file {path}: expected a segdeploy model card in its metadata "
-            f"('{ONNX_METADATA_KEY}'), found none; export it with segdeploy export"
-        )
-    card = ModelCard.from_json(stored, source=f"ONNX file {path}")
+    card = card_from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise SegdeployError(

@@ -55,3 +55,16 @@ def test_from_dict_names_its_source():
         ModelCard.from_json("{", source="x")
     with pytest.raises(SegdeployError, match="lacks fields"):
         ModelCard.from_dict({"arch": "unet"}, source="x")
+
+
+def test_card_from_metadata_is_the_one_reader_with_one_wording():
+    from segdeploy.core.card import ONNX_METADATA_KEY, card_from_metadata
+
+    card = make_card()
+    assert card_from_metadata({ONNX_METADATA_KEY: card.to_json()}, "m.onnx") == card
+    with pytest.raises(
+        SegdeployError, match=r"^ONNX file m\.onnx: expected a segdeploy model card"
+    ):
+        card_from_metadata({}, "m.onnx")
+    with pytest.raises(SegdeployError, match=r"^ONNX file m\.onnx: model card is not valid JSON"):
+        card_from_metadata({ONNX_METADATA_KEY: "{"}, "m.onnx")

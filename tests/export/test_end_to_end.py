@@ -338,7 +338,7 @@ def test_a_file_without_a_card_is_refused(tmp_path, varied_unet):
     bare = onnx.load(varied_unet)
     del bare.metadata_props[:]
     onnx.save(bare, tmp_path / "bare.onnx")
-    with pytest.raises(SegdeployError, match="no segdeploy model card"):
+    with pytest.raises(SegdeployError, match="expected a segdeploy model card in its metadata"):
         export_end_to_end(tmp_path / "bare.onnx")
 
 
