@@ -36,7 +36,11 @@ EvalSamples = Annotated[
     int, typer.Option(min=1, help="Held-out images for the gate (validation split).")
 ]
 GradingData = Annotated[
-    str, typer.Option(help="'synthetic' or a data folder; its validation split grades.")
+    str | None,
+    typer.Option(
+        help="'synthetic' or a data folder; its validation split grades \\[default: the data "
+        "the card says the model was trained on]."
+    ),
 ]
 MaxDropPoints = Annotated[
     float, typer.Option(help="Largest tolerated mIoU/accuracy drop, in points.")
@@ -146,10 +150,10 @@ def verify(
 def quantize(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
     calib: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="'synthetic' or a data folder: its training split calibrates, its validation "
-            "split grades."
+            "split grades \\[default: the data the card says the model was trained on]."
         ),
     ] = DEFAULT_CALIBRATION,
     samples: Annotated[
@@ -216,4 +220,7 @@ def _print_gate(result) -> None:
         f"(drop {result.drop_points:.2f}{stderr} points, allowed {100 * result.max_drop:.2f}); "
         f"argmax agreement {agreement:.2%}"
     )
+    console.print(f"graded on {result.data}")
+    if result.calibration_data:
+        console.print(f"calibrated on {result.calibration_data}")
     console.print(f"wrote [bold]{result.path}[/] and {gate_report_path(result.path)}")

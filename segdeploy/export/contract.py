@@ -20,8 +20,9 @@ PARITY_SHAPES_IN_MULTIPLES = ((1, 1, 1), (1, 3, 5), (3, 4, 2))
 # ("synthetic" scenes or a data folder) whose training split calibrates INT8 and whose validation
 # split both gates grade FP32 and the variant on, how many images of each, and the largest
 # tolerated drop of mIoU / accuracy per precision as a fraction (0.01 = 1 point). The minimum
-# argmax agreement is the precision's tolerance in CONTRACTS below.
-DEFAULT_CALIBRATION = "synthetic"
+# argmax agreement is the precision's tolerance in CONTRACTS below. The data defaults to ``None``:
+# what the card says the model was trained on (segdeploy.export.training_data).
+DEFAULT_CALIBRATION: str | None = None
 DEFAULT_CALIBRATION_SAMPLES = 64
 DEFAULT_EVAL_SAMPLES = 64
 MAX_METRIC_DROP = {

@@ -38,6 +38,7 @@ from segdeploy.export.contract import (
 )
 from segdeploy.export.gates import GateResult, gate_and_write, load_split, require_disjoint
 from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
+from segdeploy.export.training_data import choose_data
 
 #: What :func:`quantize_int8` returns: the gate's measurement (see :class:`GateResult`).
 QuantizeResult = GateResult
@@ -118,7 +119,7 @@ def quantize_static_qdq(
 def quantize_int8(
     onnx_path: str | Path,
     out: str | Path | None = None,
-    calib: str = DEFAULT_CALIBRATION,
+    calib: str | None = DEFAULT_CALIBRATION,
     samples: int = DEFAULT_CALIBRATION_SAMPLES,
     eval_samples: int = DEFAULT_EVAL_SAMPLES,
     max_drop: float = MAX_METRIC_DROP["int8"],
@@ -129,7 +130,9 @@ def quantize_int8(
     Args:
         onnx_path: an FP32 segdeploy export.
         calib: ``"synthetic"`` or a data folder in the layout ``segdeploy train`` reads: its
-            training split calibrates, its validation split grades (split with the card's seed).
+            training split calibrates, its validation split grades (split with the card's seed);
+            by default the data the card says the model was trained on
+            (:func:`~segdeploy.export.training_data.choose_data`).
         samples: calibration images; ``eval_samples``: validation images for the gate.
         max_drop: largest tolerated drop of mIoU / accuracy (0.01 = 1 point).
         min_agreement: override the contract's minimum argmax agreement with FP32.
@@ -142,9 +145,9 @@ def quantize_int8(
         AccuracyGateError: the INT8 model failed the gate (``.result``); no file was written.
     """
     onnx_path, model, out, card = open_fp32_parent(onnx_path, out, "int8", "quantize")
-    seed = int(card.training.get("seed", 0))
-    calibration = load_split(card, calib, "train", samples, seed)
-    gate = load_split(card, calib, "val", eval_samples, seed)
+    data = choose_data(card, calib, onnx_path)
+    calibration = load_split(card, data.source, "train", samples, data.seed)
+    gate = load_split(card, data.source, "val", eval_samples, data.seed)
     require_disjoint(calibration, gate)  # before the slow part
     inputs = model_inputs(card, calibration.images)
     int8_model = quantize_static_qdq(onnx_path, model.graph.input[0].name, inputs)
