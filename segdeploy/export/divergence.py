@@ -324,3 +324,30 @@ def _entry(
         damage_db=round(max(0.0, before - sqnr), 3),
         added_noise=max(0.0, 10 ** (-sqnr / 10) - 10 ** (-before / 10)),
     )
+
+
+def inspect_divergence(
+    reference: str | Path,
+    candidate: str | Path,
+    data: str | None = None,
+    images: int = DEFAULT_MAP_IMAGES,
+    split: str = "val",
+) -> DivergenceMap:
+    """:func:`divergence_map` on ``images`` labelled images of ``data``'s ``split``, each at its
+    own size under the reference's card (as ``predict`` feeds it); ``data`` defaults to what
+    the card says the model was trained on (:func:`~segdeploy.export.training_data.choose_data`).
+
+    Raises:
+        SegdeployError: unreadable files, data or a graph pair with nothing in common.
+    """
+    # Imported here: quantize imports this module for its refusal message.
+    from segdeploy.export.gates import load_split
+    from segdeploy.export.onnx_file import load_onnx, read_card
+    from segdeploy.export.quantize import model_inputs
+    from segdeploy.export.training_data import choose_data
+
+    card = read_card(load_onnx(reference), str(reference))
+    load_onnx(candidate)  # one sentence for a missing or unreadable candidate
+    chosen = choose_data(card, data, reference, option="--data")
+    sample = load_split(card, chosen.source, split, images, chosen.seed)
+    return divergence_map(reference, candidate, model_inputs(card, sample.images), sample.names)
