@@ -75,3 +75,28 @@ def inspect_divergence(
         console.print(f"wrote {found.write_json(json_out)}")
     if chart:
         console.print(f"wrote {found.chart(chart)}")
+
+
+def print_fallback(result) -> None:
+    """What the accuracy-aware loop kept in FP32 and what each step cost (nothing if no loop)."""
+    record = getattr(result, "fallback", None)
+    if record is None:
+        return
+    table = Table(title=f"accuracy-aware INT8 ({record.calibration})", title_justify="left")
+    for column in ("step", "calibration", "nodes in FP32", "metric", "drop", "ms", "passed"):
+        table.add_column(column, justify="right")
+    for index, step in enumerate(record.steps, 1):
+        table.add_row(
+            str(index),
+            step.calibration,
+            str(len(step.excluded)),
+            f"{step.metric:.4f}",
+            f"{100 * step.drop:.2f}",
+            f"{step.latency_ms:.1f}",
+            "yes" if step.passed else "no",
+        )
+    console.print(table)
+    kept = ", ".join(f"{n['node']} ({n['module'] or '?'})" for n in record.excluded) or "none"
+    console.print(
+        f"kept in FP32: {kept}; FP32 {record.fp32_latency_ms:.1f} ms; loop {record.seconds:.0f} s"
+    )

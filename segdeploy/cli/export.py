@@ -19,9 +19,13 @@ from segdeploy.core.artifacts import format_shapes, parse_shapes
 from segdeploy.core.errors import SegdeployError
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
+    DEFAULT_CALIBRATION_METHOD,
     DEFAULT_CALIBRATION_SAMPLES,
     DEFAULT_EVAL_SAMPLES,
     DEFAULT_GATE_PROVIDER,
+    DEFAULT_MAX_FALLBACK,
+    DEFAULT_MAX_SECONDS,
+    DEFAULT_MIN_SPEEDUP,
     DEFAULT_OPSET,
     DEFAULT_PARITY_SHAPES,
     MAX_METRIC_DROP,
@@ -162,15 +166,46 @@ def quantize(
     eval_samples: EvalSamples = DEFAULT_EVAL_SAMPLES,
     max_drop: MaxDropPoints = 100 * MAX_METRIC_DROP["int8"],
     out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.int8.onnx]")] = None,
+    calibration: Annotated[
+        str, typer.Option(help="minmax, entropy, percentile, or auto (each until one passes).")
+    ] = DEFAULT_CALIBRATION_METHOD,
+    max_fallback: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="When full INT8 fails: keep up to N of its worst nodes (ranked on training "
+            "images) in FP32, re-gating after each.",
+        ),
+    ] = DEFAULT_MAX_FALLBACK,
+    max_seconds: Annotated[
+        float, typer.Option(help="Wall-time bound of the fallback loop.")
+    ] = DEFAULT_MAX_SECONDS,
+    min_speedup: Annotated[
+        float,
+        typer.Option(
+            help="Stop the loop when a file is less than this many times faster than FP32."
+        ),
+    ] = DEFAULT_MIN_SPEEDUP,
 ) -> None:
     """Static INT8 (QDQ, per-channel) for CPU, kept only if it passes the accuracy gate."""
+    from segdeploy.cli.divergence import print_fallback
     from segdeploy.export.quantize import quantize_int8
 
     with console.status(f"calibrating, quantising and gating {onnx_path}"):
         result = quantize_int8(
-            onnx_path, out, calib, samples, eval_samples, max_drop=max_drop / 100
+            onnx_path,
+            out,
+            calib,
+            samples,
+            eval_samples,
+            max_drop=max_drop / 100,
+            method=calibration,
+            max_fallback=max_fallback,
+            max_seconds=max_seconds,
+            min_speedup=min_speedup,
         )
     _print_gate(result)
+    print_fallback(result)
 
 
 def convert_fp16(
