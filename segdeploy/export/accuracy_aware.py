@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,11 @@ class Request:
     full_int8: onnx.ModelProto | None = None
 
 
+def with_method(calibration: GateData, method: str) -> GateData:
+    """``calibration`` whose description names the calibration method (recorded in the file)."""
+    return replace(calibration, description=f"{calibration.description}; {method} calibration")
+
+
 def check_method(method: str) -> None:
     """Raise one sentence for a calibration method that is not one of
     :data:`CALIBRATION_CHOICES`."""
@@ -197,7 +202,7 @@ class _Loop:
                 model,
                 r.out,
                 r.gate,
-                r.calibration,
+                with_method(r.calibration, method),
                 max_drop=r.max_drop,
                 min_agreement=r.min_agreement,
             )

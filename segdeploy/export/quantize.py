@@ -36,6 +36,7 @@ from segdeploy.export.accuracy_aware import (
     Request,
     check_method,
     quantize_until_gate_holds,
+    with_method,
 )
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
@@ -206,7 +207,7 @@ def quantize_int8(
             int8_model,
             out,
             gate,
-            calibration,
+            with_method(calibration, first),
             max_drop=max_drop,
             min_agreement=min_agreement,
         )
