@@ -140,7 +140,7 @@ def check_method(method: str) -> None:
         )
 
 
-def _latency_ms(path_or_bytes, x: np.ndarray) -> float:
+def latency_ms(path_or_bytes, x: np.ndarray) -> float:
     """Median of a few runs of one input on the CPU provider (full optimisation)."""
     import onnxruntime as ort
 
@@ -165,7 +165,7 @@ class _Loop:
         self.started = time.perf_counter()
         # The timing input: the largest calibration image, the size that dominates latency.
         self.timing_input = max(request.calib_inputs, key=lambda x: x.size)
-        self.fp32_ms = _latency_ms(str(request.onnx_path), self.timing_input)
+        self.fp32_ms = latency_ms(str(request.onnx_path), self.timing_input)
         self.steps: list[Step] = []
         self.quantized: set[str] = set()  # nodes of the full-INT8 graph that read Q/DQ values
         self.full_model = onnx.ModelProto()
@@ -192,7 +192,7 @@ class _Loop:
         """Gate one file; returns ``(result or None, error or None, model)``."""
         step_started = time.perf_counter()
         model = self.quantize(method, excluded)
-        latency = _latency_ms(model.SerializeToString(), self.timing_input)
+        latency = latency_ms(model.SerializeToString(), self.timing_input)
         if record is not None:
             attach_metadata(model, {FALLBACK_KEY: json.dumps(record.to_dict())})
         r = self.request

@@ -76,6 +76,20 @@ class CalibrationBatches(CalibrationDataReader):
         return next(self._feeds, None)
 
 
+def common_size(inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """``inputs`` centre-cropped to their smallest height and width (multiples of the size
+    multiple when every input is): ONNX Runtime's histogram calibrators (entropy, percentile)
+    stack every image's activations and fail on images of different sizes."""
+    height = min(x.shape[2] for x in inputs)
+    width = min(x.shape[3] for x in inputs)
+
+    def crop(x: np.ndarray) -> np.ndarray:
+        top, left = (x.shape[2] - height) // 2, (x.shape[3] - width) // 2
+        return np.ascontiguousarray(x[:, :, top : top + height, left : left + width])
+
+    return [crop(x) for x in inputs]
+
+
 #: Ops that compute class scores from features; the last one before the output stays FP32.
 SCORE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Ops between that layer and the output that only resize or reshape the scores.
@@ -112,6 +126,8 @@ def quantize_static_qdq(
     keep in FP32 (:mod:`segdeploy.export.accuracy_aware`), and ``calibration_cache`` (a JSON
     file ONNX Runtime writes once and reads back) skips calibrating again.
     """
+    if method != CalibrationMethod.MinMax:
+        calib_inputs = common_size(calib_inputs)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quantized = Path(tmp) / "int8.onnx"

@@ -73,8 +73,12 @@ def test_the_map_puts_a_corrupted_node_first(corrupted_pair):
     assert worst.node == node and worst.module == CORRUPTED
     assert worst.relative_error == pytest.approx(9.0, rel=1e-3)  # 10x - 1x
     assert found.first_diverging().node == node
-    # Everything before it is exact.
+    # Everything before it is exact; everything after inherits its error but adds little: the
+    # map tells the node that introduced the error from those downstream of it.
     assert all(n.sqnr_db >= 100 for n in found.nodes if n.depth < worst.depth)
+    downstream = [n for n in found.nodes if n.depth > worst.depth]
+    assert min(n.sqnr_db for n in downstream) < 0  # they carry the error
+    assert max(n.damage_db for n in downstream) < 10  # but did not make it
 
 
 def test_a_graph_compared_with_itself_has_no_damage(corrupted_pair):
