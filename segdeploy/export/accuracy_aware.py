@@ -23,6 +23,7 @@ The file written records what was kept in FP32 (nodes, torch modules, steps, lat
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -188,11 +189,31 @@ class _Loop:
         attach_metadata(model, r.parent_metadata | {PRECISION_KEY: "int8"})
         return model
 
+    def too_slow(self, latency: float) -> bool:
+        minimum = self.request.min_speedup
+        return minimum > 0 and self.fp32_ms / latency < minimum
+
     def attempt(self, method: str, excluded: list[str], record: FallbackRecord | None):
-        """Gate one file; returns ``(result or None, error or None, model)``."""
+        """Time one file, then (unless it is too slow, when ``record`` is given) gate it.
+
+        Returns ``(result or None, error or None)``; a file too slow is never gated or written
+        (``(None, None)``)."""
         step_started = time.perf_counter()
         model = self.quantize(method, excluded)
         latency = latency_ms(model.SerializeToString(), self.timing_input)
+        if record is not None and self.too_slow(latency):
+            self.steps.append(
+                Step(
+                    method,
+                    list(excluded),
+                    math.nan,
+                    math.nan,
+                    False,
+                    round(latency, 3),
+                    round(time.perf_counter() - step_started, 2),
+                )
+            )
+            return None, None
         if record is not None:
             attach_metadata(model, {FALLBACK_KEY: json.dumps(record.to_dict())})
         r = self.request
@@ -220,7 +241,7 @@ class _Loop:
                 round(time.perf_counter() - step_started, 2),
             )
         )
-        return (result if error is None else None), error, model
+        return (result if error is None else None), error
 
 
 def rank_nodes(
@@ -287,32 +308,41 @@ def _run(request: Request, first: AccuracyGateError, tmp: Path) -> GateResult:
     if request.method == "auto":
         best_method = "minmax"
         for method in ("entropy", "percentile"):
-            result, error, _ = loop.attempt(method, [], None)
+            result, error = loop.attempt(method, [], None)
             if result is not None:
-                return _finish(request, loop, result, FallbackRecord(method), [])
+                return _finish(loop, result, FallbackRecord(method))
             if error.result.drop < best_drop:
                 best_method, best_drop = method, error.result.drop
+    ranking = _ranking(request, loop, best_method, tmp)
     if request.max_fallback <= 0:
         raise _refusal(
-            first,
-            loop,
-            _ranking(request, loop, best_method, tmp),
-            "pass --max-fallback N to keep up to N of them in FP32",
+            first, loop, ranking, "pass --max-fallback N to keep up to N of them in FP32"
         )
-    ranking = _ranking(request, loop, best_method, tmp)
+    return _fall_back(request, loop, first, ranking, best_method)
+
+
+def _fall_back(
+    request: Request, loop: _Loop, first: AccuracyGateError, ranking: DivergenceMap, method: str
+) -> GateResult:
+    """Keep the ranked nodes in FP32 one by one, within the bounds; the first file that passes."""
     candidates = [n for n in ranking.worst() if n.node in loop.quantized]
     modules = torch_modules(onnx.load(request.onnx_path))
+    record = FallbackRecord(
+        method,
+        fp32_latency_ms=round(loop.fp32_ms, 3),
+        steps=loop.steps,
+        ranking_images=ranking.images,
+    )
     excluded: list[str] = []
-    entries: list[dict[str, Any]] = []
     for node in candidates[: request.max_fallback]:
         if loop.elapsed() > request.max_seconds:
             raise _refusal(first, loop, ranking, f"the {request.max_seconds:.0f} s bound passed")
         # ONNX Runtime rounds a tensor at its producer's output too: the nodes that feed this
         # one its rounded activations leave INT8 with it, or its input stays rounded.
-        feeders = [f for f in _feeders(loop.full_model, node.node) if f not in excluded]
+        feeders = _feeders(loop.full_model, node.node)
         added = [n for n in (node.node, *feeders) if n not in excluded]
         excluded += added
-        entries += [
+        record.excluded += [
             {
                 "node": n,
                 "module": modules.get(n, ""),
@@ -321,29 +351,19 @@ def _run(request: Request, first: AccuracyGateError, tmp: Path) -> GateResult:
             }
             for n in added
         ]
-        record = FallbackRecord(
-            best_method,
-            list(entries),
-            round(loop.fp32_ms, 3),
-            steps=loop.steps,
-            ranking_images=ranking.images,
-        )
-        result, error, _ = loop.attempt(best_method, excluded, record)
+        result, _ = loop.attempt(method, excluded, record)
         latency = loop.steps[-1].latency_ms
-        if request.min_speedup > 0 and loop.fp32_ms / latency < request.min_speedup:
-            if result is not None:
-                result.path.unlink(missing_ok=True)
-                gate_report_path(result.path).unlink(missing_ok=True)
+        if loop.too_slow(latency):
             raise _refusal(
                 first,
                 loop,
                 ranking,
                 f"with {len(excluded)} nodes in FP32 it runs in {latency:.1f} ms against "
                 f"FP32's {loop.fp32_ms:.1f} ms, less than the {request.min_speedup:.2f}x "
-                "speed-up asked for",
+                "speed-up asked for (--min-speedup)",
             )
         if result is not None:
-            return _finish(request, loop, result, record, excluded)
+            return _finish(loop, result, record)
     raise _refusal(first, loop, ranking, f"the gate still fails with {len(excluded)} nodes in FP32")
 
 
@@ -367,9 +387,7 @@ def _ranking(request: Request, loop: _Loop, method: str, tmp: Path) -> Divergenc
     )
 
 
-def _finish(
-    request: Request, loop: _Loop, result: GateResult, record: FallbackRecord, excluded: list[str]
-) -> GateResult:
+def _finish(loop: _Loop, result: GateResult, record: FallbackRecord) -> GateResult:
     """Complete the record (all steps, time) in the gate report written beside the variant."""
     record.steps, record.seconds = loop.steps, round(loop.elapsed(), 2)
     record.fp32_latency_ms = round(loop.fp32_ms, 3)

@@ -351,3 +351,32 @@ def inspect_divergence(
     chosen = choose_data(card, data, reference, option="--data")
     sample = load_split(card, chosen.source, split, images, chosen.seed)
     return divergence_map(reference, candidate, model_inputs(card, sample.images), sample.names)
+
+
+def explain_refusal(
+    refused: Any,
+    fp32_path: str | Path,
+    variant: onnx.ModelProto | None,
+    data: str | None,
+    images: int = 4,
+) -> Any:
+    """``refused`` (an :class:`~segdeploy.core.errors.AccuracyGateError`) with the five worst
+    nodes of ``variant`` against ``fp32_path`` appended, measured on the first ``images``
+    validation images of the gate's data; ``.divergence`` holds the map. ``refused`` itself
+    when there is no variant to compare."""
+    import tempfile
+
+    from segdeploy.core.errors import AccuracyGateError
+
+    if variant is None:
+        return refused
+    with tempfile.TemporaryDirectory(prefix="segdeploy-map-") as tmp:
+        candidate = Path(tmp) / "variant.onnx"
+        onnx.save(variant, candidate)
+        found = inspect_divergence(fp32_path, candidate, data, images)
+    error = AccuracyGateError(
+        f"{refused}; worst nodes on {len(found.images)} of its images: {found.summary(5)}",
+        refused.result,
+    )
+    error.divergence = found  # type: ignore[attr-defined]
+    return error

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segdeploy.core.errors import AccuracyGateError
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
     DEFAULT_EVAL_SAMPLES,
     DEFAULT_GATE_PROVIDER,
     MAX_METRIC_DROP,
 )
+from segdeploy.export.divergence import explain_refusal
 from segdeploy.export.gates import GateResult, gate_variant
 
 #: Ops kept in FP32 by :func:`convert_fp16`: reductions and exponentials lose accuracy or
@@ -54,19 +56,26 @@ def convert_fp16(
     """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    made = {}
+
     def half(model):
-        return convert_float_to_float16(
+        made["fp16"] = convert_float_to_float16(
             model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_BLOCKED_OPS]
         )
+        return made["fp16"]
 
-    return gate_variant(
-        onnx_path,
-        out,
-        "fp16",
-        half,
-        data,
-        eval_samples,
-        max_drop=max_drop,
-        min_agreement=min_agreement,
-        provider=provider,
-    )
+    try:
+        return gate_variant(
+            onnx_path,
+            out,
+            "fp16",
+            half,
+            data,
+            eval_samples,
+            max_drop=max_drop,
+            min_agreement=min_agreement,
+            provider=provider,
+        )
+    except AccuracyGateError as refused:
+        # Which nodes lost it: the divergence map of the refused file (segdeploy.export.divergence).
+        raise explain_refusal(refused, onnx_path, made.get("fp16"), data) from None

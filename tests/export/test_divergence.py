@@ -204,3 +204,13 @@ def test_the_loop_keeps_the_outlier_layer_in_fp32_and_passes(outlier_unet, tmp_p
     producers = {o: n for n in written.graph.node for o in n.output}
     node = next(n for n in written.graph.node if n.name == kept[0]["node"])
     assert all(producers[i].op_type != "DequantizeLinear" for i in node.input if i in producers)
+
+
+def test_a_refused_fp16_file_names_its_worst_nodes(corrupted_pair, tmp_path):
+    from segdeploy.export.fp16 import convert_fp16
+
+    fp32, _, _ = corrupted_pair
+    with pytest.raises(AccuracyGateError, match="was not written; worst nodes on 4") as err:
+        convert_fp16(fp32, tmp_path / "x.fp16.onnx", eval_samples=2, max_drop=-1.0)
+    assert err.value.divergence.nodes and err.value.divergence.worst(1)[0].module
+    assert not (tmp_path / "x.fp16.onnx").exists()
