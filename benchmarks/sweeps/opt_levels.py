@@ -2,8 +2,8 @@
 
     python benchmarks/sweeps/opt_levels.py exports/unet.onnx:256 exports/resnet18.onnx:224
 
-Writes ``benchmarks/results/sweeps/opt_levels.json``; the table and the defaults chosen from it are in
-benchmarks/README.md.
+Writes ``benchmarks/results/sweeps/opt_levels.json``; the table and the defaults chosen from it
+are in benchmarks/README.md.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 
 For each model: p50 latency of one session with ``session.intra_op.allow_spinning`` on and off
 (blocks of runs, order ABAB so drift cancels), then two sessions of the model run in turns, then
-one session in turns with PyTorch eager. Writes ``benchmarks/results/sweeps/spinning.json``; run it from the
-repository root with segdeploy installed. The figures and
+one session in turns with PyTorch eager. Writes ``benchmarks/results/sweeps/spinning.json``;
+run it from the repository root with segdeploy installed. The figures and
 the default chosen from them are in benchmarks/README.md.
 """
 

@@ -10,6 +10,7 @@ import typer
 
 from segdeploy.cli.bench import bench
 from segdeploy.cli.demo import demo
+from segdeploy.cli.divergence import inspect_divergence
 from segdeploy.cli.errors import one_error_path
 from segdeploy.cli.evaluate import evaluate
 from segdeploy.cli.export import convert_bf16, convert_fp16, export, quantize, verify
@@ -36,6 +37,7 @@ COMMANDS = {
     "quantize": quantize,
     "convert-fp16": convert_fp16,
     "convert-bf16": convert_bf16,
+    "inspect-divergence": inspect_divergence,
     "serve": serve,
     "triton-repo": triton_repo,
     "info": info,

@@ -27,9 +27,13 @@ from segdeploy.core.publish import refuse_existing
 from segdeploy.core.targets import DEFAULT_TARGET
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
+    DEFAULT_CALIBRATION_METHOD,
     DEFAULT_CALIBRATION_SAMPLES,
     DEFAULT_EVAL_SAMPLES,
     DEFAULT_GATE_PROVIDER,
+    DEFAULT_MAX_FALLBACK,
+    DEFAULT_MAX_SECONDS,
+    DEFAULT_MIN_SPEEDUP,
     DEFAULT_OPSET,
     DEFAULT_PARITY_SHAPES,
     MAX_METRIC_DROP,
@@ -44,7 +48,11 @@ EvalSamples = Annotated[
     int, typer.Option(min=1, help="Held-out images for the gate (validation split).")
 ]
 GradingData = Annotated[
-    str, typer.Option(help="'synthetic' or a data folder; its validation split grades.")
+    str | None,
+    typer.Option(
+        help="'synthetic' or a data folder; its validation split grades \\[default: the data "
+        "the card says the model was trained on]."
+    ),
 ]
 MaxDropPoints = Annotated[
     float, typer.Option(help="Largest tolerated mIoU/accuracy drop, in points.")
@@ -185,10 +193,10 @@ def verify(
 def quantize(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
     calib: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="'synthetic' or a data folder: its training split calibrates, its validation "
-            "split grades."
+            "split grades \\[default: the data the card says the model was trained on]."
         ),
     ] = DEFAULT_CALIBRATION,
     samples: Annotated[
@@ -197,16 +205,48 @@ def quantize(
     eval_samples: EvalSamples = DEFAULT_EVAL_SAMPLES,
     max_drop: MaxDropPoints = 100 * MAX_METRIC_DROP["int8"],
     out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.int8.onnx]")] = None,
+    calibration: Annotated[
+        str, typer.Option(help="minmax, entropy, percentile, or auto (each until one passes).")
+    ] = DEFAULT_CALIBRATION_METHOD,
+    max_fallback: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="When full INT8 fails: keep up to N of its worst nodes (ranked on training "
+            "images) in FP32, re-gating after each.",
+        ),
+    ] = DEFAULT_MAX_FALLBACK,
+    max_seconds: Annotated[
+        float, typer.Option(help="Wall-time bound of the fallback loop.")
+    ] = DEFAULT_MAX_SECONDS,
+    min_speedup: Annotated[
+        float,
+        typer.Option(
+            help="Stop the loop when a file is less than this many times faster than FP32."
+        ),
+    ] = DEFAULT_MIN_SPEEDUP,
     force: Force = False,
 ) -> None:
     """Static INT8 (QDQ, per-channel) for CPU, kept only if it passes the accuracy gate."""
+    from segdeploy.cli.divergence import print_fallback
     from segdeploy.export.quantize import quantize_int8
 
     with console.status(f"calibrating, quantising and gating {onnx_path}"):
         result = quantize_int8(
-            onnx_path, out, calib, samples, eval_samples, max_drop=max_drop / 100, force=force
+            onnx_path,
+            out,
+            calib,
+            samples,
+            eval_samples,
+            max_drop=max_drop / 100,
+            method=calibration,
+            max_fallback=max_fallback,
+            max_seconds=max_seconds,
+            min_speedup=min_speedup,
+            force=force,
         )
     _print_gate(result)
+    print_fallback(result)
 
 
 def convert_fp16(
@@ -264,4 +304,7 @@ def _print_gate(result) -> None:
         f"(drop {result.drop_points:.2f}{stderr} points, allowed {100 * result.max_drop:.2f}); "
         f"argmax agreement {agreement:.2%}"
     )
+    console.print(f"graded on {result.data}")
+    if result.calibration_data:
+        console.print(f"calibrated on {result.calibration_data}")
     console.print(f"wrote [bold]{result.path}[/] and {gate_report_path(result.path)}")

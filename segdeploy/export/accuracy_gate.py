@@ -60,6 +60,7 @@ from segdeploy.export.onnx_file import (
     stamp_parent_format,
 )
 from segdeploy.export.target_check import variant_on_target
+from segdeploy.export.training_data import choose_data
 from segdeploy.runtime import open_model
 from segdeploy.runtime.model import SegmentationModel
 
@@ -384,19 +385,21 @@ def gate_variant(
     out: str | Path | None,
     precision: str,
     make: Callable[[onnx.ModelProto], onnx.ModelProto],
-    data: str,
+    data: str | None,
     eval_samples: int,
     force: bool = False,
     **thresholds: Any,
 ) -> GateResult:
     """What every variant graded on data alone (FP16, bf16) does: open the FP32 export, make the
     variant with ``make(model)``, mark it with its parent's metadata and ``precision``, and gate
-    it on ``eval_samples`` validation images of ``data`` (:func:`gate_and_write`)."""
+    it on ``eval_samples`` validation images of ``data`` (:func:`gate_and_write`); ``None``: the
+    data the card says the model was trained on."""
     command = VARIANT_COMMANDS[precision]
     onnx_path, model, out, card = open_fp32_parent(onnx_path, out, precision, command)
-    inputs = variant_inputs(onnx_path, data)
+    chosen = choose_data(card, data, onnx_path, option="--data")
+    inputs = variant_inputs(onnx_path, chosen.source)
     check_destination(out, inputs, force, precision)
-    gate = load_split(card, data, "val", eval_samples, int(card.training.get("seed", 0)))
+    gate = load_split(card, chosen.source, "val", eval_samples, chosen.seed)
     parent_metadata = {p.key: p.value for p in model.metadata_props}
     variant = make(model)
     attach_metadata(variant, parent_metadata | {PRECISION_KEY: precision})

@@ -25,7 +25,7 @@ from segdeploy.export.contract import (
 def convert_bf16(
     onnx_path: str | Path,
     out: str | Path | None = None,
-    data: str = DEFAULT_CALIBRATION,
+    data: str | None = DEFAULT_CALIBRATION,
     eval_samples: int = DEFAULT_EVAL_SAMPLES,
     max_drop: float = MAX_METRIC_DROP["bf16"],
     min_agreement: float | None = None,
@@ -35,7 +35,8 @@ def convert_bf16(
 
     Args:
         onnx_path: an FP32 segdeploy export.
-        data: ``"synthetic"`` or a data folder; its validation split grades the variant.
+        data: ``"synthetic"`` or a data folder; its validation split grades the variant
+            (by default the data the card says the model was trained on).
         eval_samples: validation images for the gate.
         max_drop: largest tolerated drop of mIoU / accuracy (0.005 = half a point).
         min_agreement: override the contract's minimum argmax agreement with FP32.

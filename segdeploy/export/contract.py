@@ -20,8 +20,9 @@ PARITY_SHAPES_IN_MULTIPLES = ((1, 1, 1), (1, 3, 5), (3, 4, 2))
 # ("synthetic" scenes or a data folder) whose training split calibrates INT8 and whose validation
 # split both gates grade FP32 and the variant on, how many images of each, and the largest
 # tolerated drop of mIoU / accuracy per precision as a fraction (0.01 = 1 point). The minimum
-# argmax agreement is the precision's tolerance in CONTRACTS below.
-DEFAULT_CALIBRATION = "synthetic"
+# argmax agreement is the precision's tolerance in CONTRACTS below. The data defaults to ``None``:
+# what the card says the model was trained on (segdeploy.export.training_data).
+DEFAULT_CALIBRATION: str | None = None
 DEFAULT_CALIBRATION_SAMPLES = 64
 DEFAULT_EVAL_SAMPLES = 64
 MAX_METRIC_DROP = {
@@ -33,6 +34,15 @@ MAX_METRIC_DROP = {
     "bf16": 0.005,
 }
 DEFAULT_MAX_DROP = MAX_METRIC_DROP["int8"]
+# Accuracy-aware INT8 (segdeploy.export.accuracy_aware): the calibration method (``auto`` tries
+# each), how many nodes may stay FP32 when full INT8 fails (0: refuse with the divergence map),
+# the wall-time bound of that loop in seconds.
+CALIBRATION_CHOICES = ("minmax", "entropy", "percentile", "auto")
+DEFAULT_CALIBRATION_METHOD = "minmax"
+DEFAULT_MAX_FALLBACK = 0
+DEFAULT_MAX_SECONDS = 900.0
+#: A partly quantized file must run this many times faster than FP32 or the loop stops.
+DEFAULT_MIN_SPEEDUP = 1.0
 #: Where the gates run both models. INT8 QDQ graphs are meant for the CPU provider. FP16 is gated
 #: on the CPU too unless a GPU is asked for (``convert-fp16 --provider cuda``); on the CPU, ONNX
 #: Runtime computes most FP16 ops in FP32 behind Casts, so a CPU gate measures the rounding of the

@@ -47,6 +47,7 @@ from segdeploy.core.parity import ParityReport
 from segdeploy.core.publish import refuse_overlap, write_file
 from segdeploy.core.targets import TARGET_KEY, Target
 from segdeploy.export.contract import CONTRACTS, DEFAULT_OPSET
+from segdeploy.export.node_scopes import copy_torch_modules, tag_torch_modules
 from segdeploy.export.onnx_file import attach_metadata, graph_dims, seal
 from segdeploy.export.parity_gate import check_parity
 from segdeploy.export.target_check import TargetPlan, require_target_ops, target_plan
@@ -125,6 +126,7 @@ def simplify(model: onnx.ModelProto, card: ModelCard) -> tuple[onnx.ModelProto, 
     import onnxsim
 
     contract = CONTRACTS[card.task]
+    tag_torch_modules(model)
     try:
         with redirect_stdout(StringIO()):
             simplified, ok = onnxsim.simplify(model)
@@ -132,6 +134,8 @@ def simplify(model: onnx.ModelProto, card: ModelCard) -> tuple[onnx.ModelProto, 
         return model, False, f"onnxsim failed ({type(err).__name__}: {err}); kept the original"
     if not ok:
         return model, False, "onnxsim's own check failed; kept the original graph"
+    # onnxsim drops node metadata: put back which torch module each node came from.
+    copy_torch_modules(model, simplified)
     for original, new in zip(
         [*model.graph.input, *model.graph.output],
         [*simplified.graph.input, *simplified.graph.output],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segdeploy.core.errors import AccuracyGateError
 from segdeploy.export.accuracy_gate import GateResult, gate_variant
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
@@ -19,6 +20,7 @@ from segdeploy.export.contract import (
     DEFAULT_GATE_PROVIDER,
     MAX_METRIC_DROP,
 )
+from segdeploy.export.divergence import explain_refusal
 from segdeploy.export.target_check import float16_lacking
 
 #: Ops kept in FP32 by :func:`convert_fp16`: reductions and exponentials lose accuracy or
@@ -29,7 +31,7 @@ FP16_BLOCKED_OPS = ("ReduceMean", "GlobalAveragePool", "Softmax", "Exp", "Pow", 
 def convert_fp16(
     onnx_path: str | Path,
     out: str | Path | None = None,
-    data: str = DEFAULT_CALIBRATION,
+    data: str | None = DEFAULT_CALIBRATION,
     eval_samples: int = DEFAULT_EVAL_SAMPLES,
     max_drop: float = MAX_METRIC_DROP["fp16"],
     min_agreement: float | None = None,
@@ -43,7 +45,8 @@ def convert_fp16(
 
     Args:
         onnx_path: an FP32 segdeploy export.
-        data: ``"synthetic"`` or a data folder; its validation split grades the variant.
+        data: ``"synthetic"`` or a data folder; its validation split grades the variant
+            (by default the data the card says the model was trained on).
         eval_samples: validation images for the gate.
         max_drop: largest tolerated drop of mIoU / accuracy (0.005 = half a point).
         min_agreement: override the contract's minimum argmax agreement with FP32.
@@ -57,22 +60,28 @@ def convert_fp16(
     """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    made = {}
+
     def half(model):
         # Ops the parent's target cannot run in float16 stay in FP32 (SegFormer's
         # LayerNormalization on onnxruntime 1.15/1.16), so the variant opens where its parent does.
-        for_target = float16_lacking(model)
-        blocked = [*DEFAULT_OP_BLOCK_LIST, *FP16_BLOCKED_OPS, *for_target]
-        return convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
+        blocked = [*DEFAULT_OP_BLOCK_LIST, *FP16_BLOCKED_OPS, *float16_lacking(model)]
+        made["fp16"] = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
+        return made["fp16"]
 
-    return gate_variant(
-        onnx_path,
-        out,
-        "fp16",
-        half,
-        data,
-        eval_samples,
-        force,
-        max_drop=max_drop,
-        min_agreement=min_agreement,
-        provider=provider,
-    )
+    try:
+        return gate_variant(
+            onnx_path,
+            out,
+            "fp16",
+            half,
+            data,
+            eval_samples,
+            force,
+            max_drop=max_drop,
+            min_agreement=min_agreement,
+            provider=provider,
+        )
+    except AccuracyGateError as refused:
+        # Which nodes lost it: the divergence map of the refused file (segdeploy.export.divergence).
+        raise explain_refusal(refused, onnx_path, made.get("fp16"), data) from None

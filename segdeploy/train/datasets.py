@@ -441,7 +441,8 @@ def build_training_data(
     if plan.in_memory.value:
         base.keep_decoded(train_indices)
     train_set = base if layout.has_split else Subset(base, train_indices)
-    summary = DataSummary(str(config.data), train, val, config.mask_values)
+    # Absolute: the export gates find the folder again from the card, from any directory.
+    summary = DataSummary(str(layout.root.resolve()), train, val, config.mask_values)
     return TrainingData(train_set, base.class_names, base.describe() + held_out, summary, plan)
 
 
