@@ -153,7 +153,7 @@ def score_items(
     """
     card = predictor.card
     pairs = ((predicted_label(predictor, item.pixels), item.label) for item in dist.shard(items))
-    matrix, images = dist.sum_counts(*confusion_of_pairs(pairs, card.num_classes))
+    matrix, images = dist.sum_counts(*confusion_of_pairs(pairs, card.num_classes, task=card.task))
     return score_confusion(matrix, card.task, images)
 
 

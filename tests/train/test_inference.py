@@ -23,3 +23,31 @@ def test_classifier_gives_a_label_and_probabilities(tiny_checkpoints):
     label, probabilities = predictor.predict(np.zeros((17, 23, 3), np.uint8))
     assert label in predictor.card.class_names
     assert probabilities.shape == (4,) and abs(float(probabilities.sum()) - 1) < 1e-5
+
+
+def test_training_validation_scores_class_255_of_a_300_class_classifier():
+    # score_items is training validation's scorer: class 255 must count like any other class.
+    from segdeploy.core.card import ModelCard
+    from segdeploy.data.samples import LabelledImage
+    from segdeploy.train.loop import score_items
+
+    card = ModelCard("resnet18", "classification", tuple(f"c{i}" for i in range(300)))
+
+    class Answers:  # predicts the class stored in the image's first pixel
+        def __init__(self):
+            self.card = card
+
+        def predict(self, pixels):
+            probabilities = np.zeros(300, np.float32)
+            probabilities[int(pixels[0, 0, 0]) + int(pixels[0, 0, 1])] = 1.0
+            return card.class_names[int(np.argmax(probabilities))], probabilities
+
+    def item(predicted, label):
+        pixels = np.zeros((4, 4, 3), np.uint8)
+        pixels[0, 0, :2] = (min(predicted, 255), predicted - min(predicted, 255))
+        return LabelledImage(f"x{label}", pixels, label)
+
+    items = [item(255, 255), item(255, 255), item(3, 255), item(299, 299), item(1, 2)]
+    score = score_items(Answers(), items)
+    assert score.images == 5 and score.metric == pytest.approx(3 / 5)  # 1/2 with 255 dropped
+    assert score.per_class[255] == pytest.approx(2 / 3)
