@@ -245,7 +245,7 @@ def predict_files(
     if not segmentation and rows:
         target = out_dir / CSV_NAME
         header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
-        atomic_write(target, lambda tmp: _write_csv(tmp, header, rows))
+        atomic_write(target, lambda tmp: write_csv(tmp, header, rows))
         summary.outputs.append(target)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -361,7 +361,7 @@ def _predict_chunk(
             write = writer.submit(_mask_and_write, model, stem, image, outputs[position], overlay)
         else:
             mask = model.predict_batch([image], **tiling)[0]  # tiled: window by window, here
-            write = writer.submit(_write_masks, stem, image, mask, model.palette, overlay)
+            write = writer.submit(write_masks, stem, image, mask, model.palette, overlay)
         writing.append((path, write))
     return []
 
@@ -370,12 +370,15 @@ def _mask_and_write(
     model: SegmentationModel, stem: Path, image: np.ndarray, output: ImageOutput, overlay: bool
 ) -> list[Path]:
     """On the writer thread: one image's argmax, then its PNGs."""
-    return _write_masks(stem, image, model.finish([output])[0], model.palette, overlay)
+    return write_masks(stem, image, model.finish([output])[0], model.palette, overlay)
 
 
-def _write_masks(
+def write_masks(
     stem: Path, image: np.ndarray, mask: np.ndarray, colours: list, with_overlay: bool
 ) -> list[Path]:
+    """Write ``<stem>.png`` (the palette PNG of ``mask``) and, ``with_overlay``,
+    ``<stem>_overlay.png`` (the class colours over ``image``), each atomically; the files
+    written. Every engine writes masks through this, so their files are byte for byte alike."""
     written = [stem.with_name(f"{stem.name}.png")]
     atomic_write(written[0], lambda tmp: postprocess.save_mask_png(mask, colours, tmp))
     if with_overlay:
@@ -385,7 +388,8 @@ def _write_masks(
     return written
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """Write a classifier's ``predictions.csv`` (``header``, then ``rows``) to ``path``."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

@@ -30,10 +30,10 @@ from segdeploy.runtime.files import (
     DEFAULT_BATCH_SIZE,
     PredictSummary,
     ProgressCallback,
-    _write_csv,
-    _write_masks,
     output_names,
     plan_outputs,
+    write_csv,
+    write_masks,
 )
 from segdeploy.runtime.model import DEFAULT_PROVIDER, SegmentationModel, open_model
 from segdeploy.runtime.session import ALL_CORES
@@ -141,7 +141,7 @@ class _Predictor:
         results = model.predict_batch(images, **self.tiling)
         for (index, path, name, pixels), result in zip(loaded, results, strict=True):
             if isinstance(model, SegmentationModel):
-                written = _write_masks(
+                written = write_masks(
                     self.out_dir / name, pixels, result, model.palette, self.overlay
                 )
                 done[index] = [str(p) for p in written]
@@ -193,24 +193,49 @@ def predict_files_ray(
     plan_outputs(model, paths, out_dir, overlay)
     if threads == ALL_CORES:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    options = (str(model_path), provider, threads, str(out_dir), overlay, tiling, batch_size)
+    # Workers on other nodes start in other folders: they get absolute, resolved paths.
+    where = _WorkerPaths(Path(out_dir))
+    options = (where.model(model_path), provider, threads, str(where.out), overlay, tiling)
+    options = (*options, batch_size)
     started = time.perf_counter()
     ray, owned = start_ray(workers)
     try:
-        summary, rows = _run(ray, model, paths, options, workers, progress_callback)
+        summary, rows = _run(ray, model, paths, options, workers, progress_callback, where)
     finally:
         if owned:
             ray.shutdown()
     if not segmentation and rows:
         target = Path(out_dir) / CSV_NAME
         header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
-        atomic_write(target, lambda tmp: _write_csv(tmp, header, rows))
+        atomic_write(target, lambda tmp: write_csv(tmp, header, rows))
         summary.outputs.append(target)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _run(ray, model, paths, options, workers, progress_callback):
+class _WorkerPaths:
+    """The absolute, resolved paths workers are given (a worker on another node starts in
+    another folder, where a relative path names another file or none), and the way back to the
+    output paths as the caller named them (the local engine's summary)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.given_out = out_dir
+        self.out = out_dir.resolve()
+
+    @staticmethod
+    def model(path: str | os.PathLike) -> str:
+        return str(Path(path).resolve())
+
+    @staticmethod
+    def input(path: Path) -> str:
+        return str(path.resolve())
+
+    def as_given(self, written: str) -> Path:
+        """A file a worker wrote, under the output folder as the caller named it."""
+        return self.given_out / Path(written).relative_to(self.out)
+
+
+def _run(ray, model, paths, options, workers, progress_callback, where: _WorkerPaths):
     """Stream the dataset through the actor pool; the summary (without the CSV) and the
     classifier rows in input order."""
     from ray.data import ActorPoolStrategy, DataContext
@@ -218,7 +243,7 @@ def _run(ray, model, paths, options, workers, progress_callback):
     DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-run INFO/notice lines
     items = [
-        {"index": i, "path": str(p), "name": str(n)}
+        {"index": i, "path": where.input(p), "name": str(n)}
         for i, (p, n) in enumerate(zip(paths, output_names(paths) if paths else [], strict=True))
     ]
     summary = PredictSummary(task=model.card.task, provider=model.provider)
@@ -247,10 +272,12 @@ def _run(ray, model, paths, options, workers, progress_callback):
     except Exception as err:  # Ray wraps what the workers raised
         raise _worker_error(err) from None
     order = sorted(records)
-    summary.outputs = [Path(p) for i in order for p in json.loads(records[i]["outputs"])]
+    summary.outputs = [where.as_given(p) for i in order for p in json.loads(records[i]["outputs"])]
     position = {path: i for i, path in enumerate(paths)}
     summary.failed.sort(key=lambda item: position[item[0]])
     rows = [json.loads(records[i]["row"]) for i in order if records[i]["row"] != "[]"]
+    for row, index in zip(rows, [i for i in order if records[i]["row"] != "[]"], strict=True):
+        row[0] = str(paths[index])  # the input as the caller named it, as the local CSV says
     return summary, rows
 
 
