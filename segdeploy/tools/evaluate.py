@@ -267,11 +267,13 @@ def _open_model(path: Path, provider: str) -> _OpenModel:
 
 
 def _open_checkpoint(path: Path, provider: str) -> _OpenModel:
-    """A ``.pt`` on ``provider``'s device through TorchPredictor (torch imported here only)."""
+    """A ``.pt`` on the device matching ``provider`` (CPU for ``cpu`` and ``openvino``, CUDA
+    for ``cuda`` and ``auto`` where it runs) through TorchPredictor, which runs it with TF32 off
+    as every ONNX Runtime session is (torch imported here only)."""
     try:
         import torch
 
-        from segdeploy.train.inference import TorchPredictor
+        from segdeploy.train.inference import TorchPredictor, torch_device
     except ImportError:
         raise SegdeployError(
             f"model {path}: evaluating a .pt checkpoint needs torch; install segdeploy[train] "
@@ -282,7 +284,7 @@ def _open_checkpoint(path: Path, provider: str) -> _OpenModel:
         raise ProviderUnavailableError(
             f"provider 'cuda' for {path}: PyTorch cannot use CUDA here; use --provider cpu or auto"
         )
-    device = "cuda" if provider != "cpu" and cuda else "cpu"
+    device = torch_device(provider)
     predictor = TorchPredictor.from_checkpoint(path, device=device)
     return _OpenModel(path, "pt", "fp32", device, predictor.card, predictor.predict)
 

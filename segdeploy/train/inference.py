@@ -7,6 +7,8 @@ The same sizing, normalisation and mapping back as the ONNX runtime's models
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,30 @@ from segdeploy.core.card import ModelCard
 from segdeploy.core.images import ImageSource, load_image
 from segdeploy.core.preprocess import normalise
 from segdeploy.train.checkpoint import load_checkpoint
+
+#: ONNX Runtime providers whose matching PyTorch device is CUDA (where PyTorch can use it).
+_CUDA_PROVIDERS = ("cuda", "auto")
+
+
+def torch_device(provider: str) -> str:
+    """The PyTorch device that matches an ONNX Runtime ``provider``: ``cuda`` for ``cuda`` and
+    ``auto`` when PyTorch can use CUDA, else ``cpu`` (``cpu``, ``openvino``: CPU engines)."""
+    return "cuda" if provider in _CUDA_PROVIDERS and torch.cuda.is_available() else "cpu"
+
+
+@contextmanager
+def fp32_arithmetic() -> Iterator[None]:
+    """PyTorch's TF32 switched off (cuDNN and matmul) for the block, then put back.
+
+    Every segdeploy ONNX Runtime session runs with TF32 off; a ``.pt`` measured against it runs
+    FP32 too, not with PyTorch's default TF32 convolutions on Ampere and newer GPUs.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -50,7 +76,8 @@ class TorchPredictor:
         contract, multiple = self.card.input, self.card.size_multiple
         pixels_in = contract.to_model_pixels(pixels, multiple)[None]  # (1, H, W, C)
         batch = normalise(pixels_in, self.card.mean, self.card.std)  # (1, C, H, W)
-        output = self.model(torch.from_numpy(batch).to(self.device))[0].float().cpu().numpy()
+        with fp32_arithmetic():
+            output = self.model(torch.from_numpy(batch).to(self.device))[0].float().cpu().numpy()
         if self.card.task == "classification":
             return output
         return contract.to_image_logits(output, *pixels.shape[:2])

@@ -186,3 +186,53 @@ def test_a_classifier_is_scored_by_accuracy_and_recall(tiny_checkpoints, resnet_
     assert pt.score.images == onnx.score.images == 4
     assert len(pt.score.per_class) == 4 and pt.score.details == {}
     assert onnx.score.metric == pt.score.metric  # same labels from both engines
+
+
+@pytest.mark.parametrize(
+    ("provider", "device"),
+    [("cpu", "cpu"), ("openvino", "cpu"), ("cuda", "cuda"), ("auto", "cuda")],
+)
+def test_a_checkpoint_runs_on_the_device_of_the_provider(
+    monkeypatch, tiny_checkpoints, provider, device
+):
+    # On a CUDA machine `--provider openvino` compares CPU engines: the .pt runs on the CPU too.
+    import torch
+
+    from segdeploy.tools import evaluate
+    from segdeploy.train.inference import TorchPredictor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked = []
+    build = TorchPredictor.from_checkpoint.__func__
+
+    def record(cls, path, device="cpu"):
+        asked.append(device)
+        return build(cls, path, "cpu")  # this machine may have no CUDA: build it on the CPU
+
+    monkeypatch.setattr(TorchPredictor, "from_checkpoint", classmethod(record))
+    opened = evaluate._open_checkpoint(Path(tiny_checkpoints["unet"]), provider)
+    assert asked == [device] and opened.provider == device
+
+
+def test_a_checkpoint_is_measured_with_tf32_off_and_the_switches_put_back(tiny_checkpoints):
+    import numpy as np
+    import torch
+
+    from segdeploy.train.inference import TorchPredictor
+
+    predictor = TorchPredictor.from_checkpoint(tiny_checkpoints["unet"])
+    seen = []
+    switches = torch.backends.cudnn, torch.backends.cuda.matmul
+    predictor.model.register_forward_pre_hook(
+        lambda module, args: seen.append(tuple(s.allow_tf32 for s in switches))
+    )
+    saved = tuple(s.allow_tf32 for s in switches)
+    try:
+        for switch in switches:
+            switch.allow_tf32 = True  # PyTorch's cuDNN default
+        predictor.predict(np.zeros((16, 16, 3), np.uint8))
+        assert seen == [(False, False)]
+        assert all(s.allow_tf32 for s in switches)  # training's own setting is left alone
+    finally:
+        for switch, value in zip(switches, saved, strict=True):
+            switch.allow_tf32 = value
