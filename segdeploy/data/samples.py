@@ -21,7 +21,9 @@ from segdeploy.data.folders import (
     DEFAULT_VAL_FRACTION,
     ClassificationFiles,
     SegmentationFiles,
+    data_root,
     folder_layout,
+    has_train_val_split,
     load_rgb,
     split_indices,
 )
@@ -29,6 +31,10 @@ from segdeploy.data.folders import (
 #: The ``card.training`` key of the mask file values in class order (``--mask-values``), a list
 #: of ints; absent when the masks hold class indices.
 MASK_VALUES_KEY = "mask_values"
+
+#: The ``card.training`` key of the data seed the model trained with (``--seed``): it chose the
+#: held-out share of a folder without ``train/`` + ``val/`` and the synthetic validation scenes.
+SEED_KEY = "seed"
 
 #: One item: ``(image (H, W, 3) uint8, mask (H, W) or class label)``.
 Item = tuple[np.ndarray, np.ndarray | int]
@@ -101,6 +107,19 @@ class LabelledImage:
     name: str
     pixels: np.ndarray  # (H, W, 3) uint8 at the image's own size
     label: np.ndarray | int  # (H, W) uint8 mask (255 = ignore) or a class index
+
+
+def card_seed(card: ModelCard) -> int:
+    """The data seed ``card``'s model trained with (``card.training`` key :data:`SEED_KEY`), so
+    that ``evaluate`` and the gates hold out the images training held out; 0 for a card that
+    records none (0 is ``segdeploy train``'s default)."""
+    return int(card.training.get(SEED_KEY, 0))
+
+
+def split_depends_on_seed(source: str) -> bool:
+    """Whether the data seed chooses ``source``'s validation items: synthetic data and folders
+    without ``train/`` + ``val/`` (a folder's own split does not depend on it)."""
+    return source == "synthetic" or not has_train_val_split(data_root(source))
 
 
 def card_mask_values(card: ModelCard) -> tuple[int, ...] | None:

@@ -49,7 +49,7 @@ from segdeploy.core.metrics import (
     score_predictions,
 )
 from segdeploy.core.parity import CaseReport, Tolerance, compare_values, pool_cases
-from segdeploy.data.samples import LabelledImage, labelled_images
+from segdeploy.data.samples import LabelledImage, card_seed, labelled_images
 from segdeploy.export.contract import CONTRACTS, DEFAULT_GATE_PROVIDER, MAX_METRIC_DROP
 from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
 from segdeploy.runtime import open_model
@@ -344,7 +344,7 @@ def gate_variant(
     it on ``eval_samples`` validation images of ``data`` (:func:`gate_and_write`)."""
     command = VARIANT_COMMANDS[precision]
     onnx_path, model, out, card = open_fp32_parent(onnx_path, out, precision, command)
-    gate = load_split(card, data, "val", eval_samples, int(card.training.get("seed", 0)))
+    gate = load_split(card, data, "val", eval_samples, card_seed(card))
     parent_metadata = {p.key: p.value for p in model.metadata_props}
     variant = make(model)
     attach_metadata(variant, parent_metadata | {PRECISION_KEY: precision})

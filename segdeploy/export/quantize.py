@@ -29,7 +29,7 @@ from segdeploy.core.artifacts import PRECISION_KEY
 from segdeploy.core.card import ModelCard
 from segdeploy.core.images import load_image
 from segdeploy.core.preprocess import normalise
-from segdeploy.data.samples import LabelledImage
+from segdeploy.data.samples import LabelledImage, card_seed
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
     DEFAULT_CALIBRATION_SAMPLES,
@@ -142,7 +142,7 @@ def quantize_int8(
         AccuracyGateError: the INT8 model failed the gate (``.result``); no file was written.
     """
     onnx_path, model, out, card = open_fp32_parent(onnx_path, out, "int8", "quantize")
-    seed = int(card.training.get("seed", 0))
+    seed = card_seed(card)
     calibration = load_split(card, calib, "train", samples, seed)
     gate = load_split(card, calib, "val", eval_samples, seed)
     require_disjoint(calibration, gate)  # before the slow part

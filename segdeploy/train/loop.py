@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.metrics import IGNORE_INDEX, TaskScore, confusion_of_pairs, score_confusion
-from segdeploy.data.samples import MASK_VALUES_KEY, LabelledImage, labelled_images
+from segdeploy.data.samples import MASK_VALUES_KEY, SEED_KEY, LabelledImage, labelled_images
 from segdeploy.models import ArchSpec, create_model, get_spec
 from segdeploy.models.registry import resolve_finetune
 from segdeploy.train.checkpoint import read_checkpoint, save_checkpoint, save_weights, state_path
@@ -384,7 +384,7 @@ def training_record(setup: TrainingSetup, best: EpochRecord) -> dict[str, Any]:
         "img_size": setup.size,
         **_mask_values_record(config.mask_values),
         "loss": config.loss if setup.spec.task == "segmentation" else "ce",
-        "seed": config.seed,
+        SEED_KEY: config.seed,
         "variant": setup.variant,
         **({"finetune": _finetune(config, setup.spec)} if setup.spec.finetune else {}),
         **({"pretrained": Path(config.pretrained).name} if config.pretrained else {}),
