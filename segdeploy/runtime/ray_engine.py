@@ -30,6 +30,8 @@ from segdeploy.runtime.files import (
     DEFAULT_BATCH_SIZE,
     PredictSummary,
     ProgressCallback,
+    check_output_disk,
+    file_failure,
     output_names,
     plan_outputs,
     write_csv,
@@ -116,12 +118,12 @@ class _Predictor:
             for index, path, name in items[start : start + self.batch_size]:
                 try:
                     pixels = load_image(path, channels=self.model.card.in_channels)
-                except SegdeployError as err:
-                    errors[index] = str(err)
+                except Exception as err:  # that image's problem alone, as in the local engine
+                    errors[index] = file_failure(path, err, "read")
                     continue
                 loaded.append((index, path, name, pixels))
             if loaded:
-                tiled += self._predict(loaded, done)
+                tiled += self._predict(loaded, done, errors)
         segmentation = isinstance(self.model, SegmentationModel)
         return {
             "index": [index for index, _, _ in items],
@@ -131,19 +133,29 @@ class _Predictor:
             "tiled": [tiled if n == 0 else 0 for n in range(len(items))],
         }
 
-    def _predict(self, loaded: list, done: dict) -> int:
+    def _predict(self, loaded: list, done: dict, errors: dict) -> int:
         """Predict one session call's ``(index, path, name, pixels)`` and write its masks with
-        the local engine's writer (or make its CSV rows); the number of tiled images."""
+        the local engine's writer (or make its CSV rows); the number of tiled images. An image
+        that fails goes to ``errors``; a full output disk stops the run, as locally."""
         model, images = self.model, [pixels for *_, pixels in loaded]
         tiled = 0
         if isinstance(model, SegmentationModel):
             tiled = sum(model.tile_grid(*i.shape[:2], **self.tiling) is not None for i in images)
-        results = model.predict_batch(images, **self.tiling)
+        try:
+            results = model.predict_batch(images, **self.tiling)
+        except Exception as err:
+            errors.update({index: file_failure(path, err, "predict") for index, path, *_ in loaded})
+            return 0
         for (index, path, name, pixels), result in zip(loaded, results, strict=True):
             if isinstance(model, SegmentationModel):
-                written = write_masks(
-                    self.out_dir / name, pixels, result, model.palette, self.overlay
-                )
+                try:
+                    written = write_masks(
+                        self.out_dir / name, pixels, result, model.palette, self.overlay
+                    )
+                except Exception as err:
+                    check_output_disk(err, self.out_dir, f"the masks of {path}", len(done))
+                    errors[index] = file_failure(path, err, "predict and write")
+                    continue
                 done[index] = [str(p) for p in written]
             else:
                 label, probabilities = result  # the local engine's CSV row, same formatting

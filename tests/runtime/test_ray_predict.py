@@ -201,3 +201,26 @@ def test_workers_in_another_folder_get_absolute_paths(
     assert _files(Path("out")) == _files(Path("local"))  # the CSV names the inputs as given
     assert all(Path(item["path"]).is_absolute() for item in fake.items)
     assert Path(fake.args[0]).is_absolute() and Path(fake.args[3]).is_absolute()
+
+
+def test_an_unexpected_error_of_one_file_skips_it_on_ray_too(
+    ray, monkeypatch, unet_onnx, photos, tmp_path
+):
+    from segdeploy.runtime import ray_engine
+
+    fake = _ElsewhereRay(tmp_path)
+    monkeypatch.setattr(ray_engine, "start_ray", lambda workers: (fake, False))
+    real_load = ray_engine.load_image
+
+    def load(path, channels=3):
+        if Path(path).name == "b.jpg":
+            raise ValueError("conversion from I;16S to RGB not supported")
+        return real_load(path, channels)
+
+    monkeypatch.setattr(ray_engine, "load_image", load)
+    paths = collect_images([photos])
+    summary = predict_files_ray(unet_onnx, paths, tmp_path / "out", provider="cpu")
+    assert summary.images == 2 and [p.name for p, _ in summary.failed] == ["b.jpg"]
+    assert summary.failed[0][1].endswith(
+        "expected to read it, found ValueError: conversion from I;16S to RGB not supported"
+    )
