@@ -51,3 +51,25 @@ def test_training_validation_scores_class_255_of_a_300_class_classifier():
     score = score_items(Answers(), items)
     assert score.images == 5 and score.metric == pytest.approx(3 / 5)  # 1/2 with 255 dropped
     assert score.per_class[255] == pytest.approx(2 / 3)
+
+
+def test_a_checkpoint_tiles_as_its_export_does(tiny_checkpoints, unet_onnx):
+    # One rule and one blend for both engines: an image the runtime tiles is tiled alike here.
+    from segdeploy.runtime import tiling
+
+    image = np.random.default_rng(7).integers(0, 256, (75, 101, 3), dtype=np.uint8)
+    torch_side = TorchPredictor.from_checkpoint(tiny_checkpoints["unet"])
+    onnx_side = open_model(unet_onnx, provider="cpu")
+    options = {"tile": 32, "overlap": 16}
+    grid = tiling.card_grid(torch_side.card, 75, 101, **options)
+    assert grid == onnx_side.tile_grid(75, 101, **options) and grid.windows == 24
+    tiled = torch_side.logits(image, **options)
+    np.testing.assert_allclose(tiled, onnx_side.logits(image, **options), atol=1e-4)
+    assert not np.allclose(tiled, torch_side.logits(image), atol=1e-4)  # not the whole image
+    window = lambda w: torch_side.logits(w, max_pixels=None)  # noqa: E731
+    np.testing.assert_array_equal(
+        torch_side.predict(image, **options), tiling.tiled_mask(image, window, 4, grid)
+    )
+    # over DEFAULT_MAX_PIXELS it tiles unasked, as predict does
+    assert tiling.card_grid(torch_side.card, 2049, 2071) is not None
+    assert tiling.card_grid(torch_side.card, 2048, 2048) is None
