@@ -336,14 +336,14 @@ def _shared_card(opened: list[_OpenModel]) -> ModelCard:
 def _card_seed(opened: list[_OpenModel], data: str) -> int:
     """The data seed the models trained with (:func:`~segdeploy.data.samples.card_seed`, the
     gates' too); refused, where the seed chooses the items, when their cards disagree."""
-    seeds = {model.path.name: card_seed(model.card) for model in opened}
-    if len(set(seeds.values())) > 1 and split_depends_on_seed(data):
-        listed = ", ".join(f"{name} seed {seed}" for name, seed in seeds.items())
+    seeds = [(model.path.name, card_seed(model.card)) for model in opened]
+    if len({seed for _, seed in seeds}) > 1 and split_depends_on_seed(data):
+        listed = ", ".join(f"{name} seed {seed}" for name, seed in seeds)
         raise SegdeployError(
             f"data {data}: the models were trained with other data seeds ({listed}), so each "
             "held out other images; pass --seed to score them all on one seed's split"
         )
-    return next(iter(seeds.values()))
+    return seeds[0][1]
 
 
 def _check_folder_classes(card: ModelCard, data: str) -> None:
