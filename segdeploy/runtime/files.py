@@ -50,8 +50,8 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ERO
 
 def file_failure(path: Path, err: Exception, step: str) -> str:
     """One sentence for an error of one image at ``step`` (``"read"``, ``"predict"``,
-    ``"write the masks of"``): a :class:`SegdeployError` says its own, anything else is named
-    by its type and first line."""
+    ``"predict and write"``): a :class:`SegdeployError` says its own, anything else is named
+    by its type and the first line of its message."""
     if isinstance(err, SegdeployError):
         return str(err)
     lines = str(err).strip().splitlines()
