@@ -276,16 +276,20 @@ def predict_files(
     chunks = list(_batches(list(zip(paths, names, strict=True)), batch_size))
     rows = _run_pipeline(model, chunks, out_dir, overlay, tiling, summary, report)
     if not segmentation and rows:
-        target = out_dir / CSV_NAME
-        header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
-        try:
-            atomic_write(target, lambda tmp: write_csv(tmp, header, rows))
-        except OSError as err:
-            check_output_disk(err, out_dir, CSV_NAME, 0)
-            raise
-        summary.outputs.append(target)
+        summary.outputs.append(_write_predictions(model, out_dir, rows))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _write_predictions(model: ClassificationModel, out_dir: Path, rows: list[list[str]]) -> Path:
+    """A classifier's ``predictions.csv`` under ``out_dir`` (a full disk: one sentence)."""
+    target = out_dir / CSV_NAME
+    header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
+    try:
+        return atomic_write(target, lambda tmp: write_csv(tmp, header, rows))
+    except OSError as err:
+        check_output_disk(err, out_dir, CSV_NAME, 0)
+        raise
 
 
 def _run_pipeline(
