@@ -6,6 +6,12 @@ in-process side runs ``model.predict`` from N threads sharing one model. For eac
 requests/s (completed / elapsed) and p50/p99 latency per request.
 
     python benchmarks/triton_load.py [--model MODEL.onnx] [--seconds 8] [--concurrency 1 4 16]
+        [--bad-every N]
+
+``--bad-every N`` makes every Nth request of each Triton client a corrupt image file instead:
+it must come back as a 400 for itself alone, while every good request of the same dynamic
+batches still gets the runtime's mask (checked on each answer; counted in the report). Its
+latencies are not in the percentiles.
 
 Needs the ``serve`` extra in an environment with numpy 1.x (nvidia-pytriton 0.7 pins numpy<2).
 Without ``--model`` it exports the default U-Net variant (``small``, random weights, output bias
@@ -51,8 +57,8 @@ def load(call: Callable[[], object], clients: int, seconds: float) -> dict[str, 
         mine = []
         while time.perf_counter() < stop_at:
             start = time.perf_counter()
-            call()
-            mine.append(time.perf_counter() - start)
+            if call() is not None:  # None: a bad request, not timed
+                mine.append(time.perf_counter() - start)
         with lock:
             latencies.extend(mine)
 
@@ -73,20 +79,49 @@ def load(call: Callable[[], object], clients: int, seconds: float) -> dict[str, 
     }
 
 
-def triton_call(url: str, name: str, image: np.ndarray) -> Callable[[], object]:
-    """One request per call; each thread gets its own client (tritonclient's are not shared)."""
+def triton_call(
+    url: str, name: str, image: np.ndarray, expected: np.ndarray, bad_every: int = 0
+) -> tuple[Callable[[], object], dict[str, int]]:
+    """One request per call, its mask checked against ``expected``; each thread gets its own
+    client (tritonclient's are not shared). With ``bad_every``, every Nth call of a thread sends
+    a corrupt file, which must get a 400, and returns None. Also returns the counts of answers."""
     import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
 
     local = threading.local()
+    counts = {"good": 0, "bad_400": 0}
+    lock = threading.Lock()
 
-    def call() -> np.ndarray:
+    def bad_request() -> None:
+        tensor = http.InferInput("encoded_image", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[b"not an image file"]], dtype=np.object_))
+        try:
+            local.client.infer(name, [tensor])
+        except InferenceServerException as err:
+            if err.status() != "400" or "Traceback" in err.message():
+                raise AssertionError(f"a bad request got {err.status()}: {err.message()}") from None
+        else:
+            raise AssertionError("a corrupt file was answered with a mask")
+        with lock:
+            counts["bad_400"] += 1
+
+    def call() -> np.ndarray | None:
         if not hasattr(local, "client"):
             local.client = http.InferenceServerClient(url)
+            local.sent = 0
+        local.sent += 1
+        if bad_every and local.sent % bad_every == 0:
+            return bad_request()
         tensor = http.InferInput("image", [1, *image.shape], "UINT8")
         tensor.set_data_from_numpy(image[None])
-        return local.client.infer(name, [tensor]).as_numpy("mask")
+        mask = local.client.infer(name, [tensor]).as_numpy("mask")
+        if not np.array_equal(mask[0], expected):
+            raise AssertionError("served mask differs from the runtime's")
+        with lock:
+            counts["good"] += 1
+        return mask
 
-    return call
+    return call, counts
 
 
 def main() -> None:
@@ -97,6 +132,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument(
+        "--bad-every", type=int, default=0, help="every Nth Triton request a corrupt file (0: none)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model or _small_unet(Path(tmp))
@@ -112,8 +150,9 @@ def main() -> None:
         )
         name = Path(model_path).stem
         with triton_server(model_path, options):
-            call = triton_call(f"127.0.0.1:{options.port}", name, image)
-            assert np.array_equal(call()[0], expected), "served mask differs from the runtime's"
+            url = f"127.0.0.1:{options.port}"
+            call, counts = triton_call(url, name, image, expected, args.bad_every)
+            call()  # the first answer, checked before timing
             served = [load(call, n, args.seconds) for n in args.concurrency]
     report = {
         "model": "unet small (features 16-32-64-128), random weights"
@@ -121,7 +160,13 @@ def main() -> None:
         else str(args.model),
         "image": f"{args.size}x{args.size} RGB uint8",
         "seconds_per_level": args.seconds,
-        "triton": {"max_batch": args.max_batch, "instances": args.instances, "levels": served},
+        "triton": {
+            "max_batch": args.max_batch,
+            "instances": args.instances,
+            "bad_every": args.bad_every,
+            "answers": counts,  # good: mask checked equal to the runtime's; bad_400: refused
+            "levels": served,
+        },
         "in_process": {"levels": local},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }

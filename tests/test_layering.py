@@ -27,7 +27,7 @@ RANK["cli"] = 5
 TORCH_FREE = ("core", "data", "runtime", "serve")
 HEAVY = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim")
 #: Modules of the export package that work on ONNX files only: onnx is fine, torch is not.
-ONNX_ONLY = ("contract", "onnx_file", "gates", "quantize", "fp16", "end_to_end")
+ONNX_ONLY = ("contract", "onnx_file", "gates", "quantize", "fp16", "end_to_end", "target_check")
 
 
 def stage_modules() -> list[tuple[str, Path]]:

@@ -2,7 +2,7 @@
 
     python benchmarks/sweeps/opt_levels.py exports/unet.onnx:256 exports/resnet18.onnx:224
 
-Writes ``benchmarks/cpu_tuning.json``; the table and the defaults chosen from it are in
+Writes ``benchmarks/results/sweeps/opt_levels.json``; the table and the defaults chosen from it are in
 benchmarks/README.md.
 """
 
@@ -44,7 +44,7 @@ def main(args: list[str]) -> None:
                      "p50_ms": round(p50, 2)}
                 )  # fmt: skip
                 print(rows[-1], flush=True)
-    out = Path(__file__).resolve().parents[1] / "cpu_tuning.json"
+    out = Path(__file__).resolve().parents[1] / "results" / "sweeps" / "opt_levels.json"
     out.write_text(json.dumps(rows, indent=1) + "\n")
 
 

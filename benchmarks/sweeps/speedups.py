@@ -1,6 +1,6 @@
 """ONNX Runtime-vs-eager speedups per model and precision across saved bench runs.
 
-    python benchmarks/sweeps/speedups.py benchmarks/results/*-cpu.json
+    python benchmarks/sweeps/speedups.py benchmarks/results/bench/*-cpu.json
 
 One bench run on a shared 2-core machine moves by several percent (PyTorch eager more than ONNX
 Runtime), so benchmarks/README.md states the median and range over every run instead of one.

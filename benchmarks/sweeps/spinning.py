@@ -4,7 +4,7 @@
 
 For each model: p50 latency of one session with ``session.intra_op.allow_spinning`` on and off
 (blocks of runs, order ABAB so drift cancels), then two sessions of the model run in turns, then
-one session in turns with PyTorch eager. Writes ``benchmarks/cpu_spinning.json``; run it from the
+one session in turns with PyTorch eager. Writes ``benchmarks/results/sweeps/spinning.json``; run it from the
 repository root with segdeploy installed. The figures and
 the default chosen from them are in benchmarks/README.md.
 """
@@ -77,7 +77,7 @@ def main(args: list[str]) -> None:
         path, size = item.rsplit(":", 1)
         rows.append(measure(path, int(size), runs=30))
         print(json.dumps(rows[-1]), flush=True)
-    out = Path(__file__).resolve().parents[1] / "cpu_spinning.json"
+    out = Path(__file__).resolve().parents[1] / "results" / "sweeps" / "spinning.json"
     out.write_text(json.dumps(rows, indent=1) + "\n")
 
 

@@ -13,8 +13,9 @@ from typing import Annotated
 import typer
 
 from segdeploy.cli.console import console
+from segdeploy.cli.options import Force
 from segdeploy.cli.tables import print_bench_table
-from segdeploy.core.fileio import atomic_write
+from segdeploy.core.publish import publish_file, refuse_existing, refuse_overlap
 from segdeploy.tools.bench_config import RESULTS_FOLDER, BenchConfig
 
 # BenchConfig's defaults as the comma-separated options are typed.
@@ -64,7 +65,10 @@ def bench(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the JSON here.")
     ] = None,
-    results: Annotated[Path, typer.Option(help="Results folder.")] = RESULTS_FOLDER,
+    results: Annotated[
+        Path, typer.Option(help="Results folder: each run adds a JSON and a chart.")
+    ] = RESULTS_FOLDER,
+    force: Force = False,
 ) -> None:
     """Latency percentiles and throughput of ONNX Runtime beside PyTorch eager, same run.\f
 
@@ -90,9 +94,12 @@ def bench(
         rounds=rounds,
     )
     planned = plan_cases(config)  # refuses bad sizes and missing variants before any timing
+    if json_path:  # before minutes of timing, not after
+        refuse_overlap(json_path, config.models, "bench report")
+        refuse_existing(json_path, force)
     cases, env = _run_with_progress_bar(config, planned)
     print_bench_table(cases, env)
-    _write_outputs(cases, env, results, json_path)
+    _write_outputs(cases, env, results, json_path, force, config.models)
 
 
 def _run_with_progress_bar(config: BenchConfig, planned):
@@ -114,13 +121,17 @@ def _run_with_progress_bar(config: BenchConfig, planned):
         return run_bench(config, progress=starting, planned=planned)
 
 
-def _write_outputs(cases, env, results: Path, json_path: Path | None) -> None:
-    """The JSON and chart under ``results``, the JSON's copy at ``json_path`` if asked for."""
+def _write_outputs(
+    cases, env, results: Path, json_path: Path | None, force: bool, models: list[Path]
+) -> None:
+    """The JSON and chart under ``results`` (new names: no run replaces another's), the JSON's
+    copy at ``json_path`` if asked for (replaced only with ``force``)."""
     from segdeploy.tools.bench import write_results
     from segdeploy.tools.bench_chart import draw_chart
 
     out = write_results(cases, env, results)
     chart = draw_chart(cases, out.with_suffix(".png"))
     if json_path:
-        atomic_write(json_path, lambda tmp: tmp.write_text(out.read_text()))
+        text = out.read_text()
+        publish_file(json_path, lambda tmp: tmp.write_text(text), "bench report", force, models)
     console.print(f"wrote {out} and {chart}")

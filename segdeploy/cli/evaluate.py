@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from segdeploy.cli.console import console
+from segdeploy.cli.options import Force
 from segdeploy.cli.tables import print_evaluate_tables
 from segdeploy.tools.evaluate import DEFAULT_PROVIDER, DEFAULT_SPLIT
 
@@ -41,16 +42,22 @@ def evaluate(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the JSON report here.")
     ] = None,
+    force: Force = False,
 ) -> None:
     """The task metric of each MODEL on one labelled set, each run the way it is served."""
+    from segdeploy.core.publish import refuse_existing, refuse_overlap
     from segdeploy.tools.evaluate import write_evaluate_report
 
+    inputs = [*models, *([Path(data)] if data != "synthetic" else [])]
+    if json_path is not None:  # before the evaluation, not after
+        refuse_overlap(json_path, inputs, "evaluate report")
+        refuse_existing(json_path, force)
     report = _evaluate_with_progress_bar(
         models, data=data, provider=provider, split=split, count=count, seed=seed
     )
     print_evaluate_tables(report)
     if json_path is not None:
-        write_evaluate_report(report, json_path)
+        write_evaluate_report(report, json_path, force, inputs)
         console.print(f"wrote [bold]{json_path}[/]")
 
 

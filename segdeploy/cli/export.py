@@ -14,9 +14,17 @@ from typing import Annotated
 import typer
 
 from segdeploy.cli.console import console
+from segdeploy.cli.options import Force
 from segdeploy.cli.tables import print_parity_table
-from segdeploy.core.artifacts import format_shapes, parse_shapes
+from segdeploy.core.artifacts import (
+    default_export_path,
+    end_to_end_path,
+    format_shapes,
+    parse_shapes,
+)
 from segdeploy.core.errors import SegdeployError
+from segdeploy.core.publish import refuse_existing
+from segdeploy.core.targets import DEFAULT_TARGET
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
     DEFAULT_CALIBRATION_SAMPLES,
@@ -48,11 +56,19 @@ def export(
     out: Annotated[
         Path | None, typer.Option(help="Output .onnx \\[default: exports/<name>.onnx].")
     ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="The runtime the file must open in: ort>=1.16, ort-web, openvino>=2025.0, or "
+            "ort (the installed onnxruntime); the file is checked there "
+            f"\\[default: {DEFAULT_TARGET}, the oldest supported onnxruntime].",
+        ),
+    ] = None,
     opset: Annotated[
         int, typer.Option(help="ONNX opset, 18 or later (dynamo exporter).")
     ] = DEFAULT_OPSET,
     simplify: Annotated[bool, typer.Option(help="Simplify with onnxsim.")] = True,
-    force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    force: Force = False,
     shapes: Annotated[
         str | None, typer.Option(help=f"Parity shapes, [B x] H x W \\[default: {PARITY_SHAPES}].")
     ] = None,
@@ -78,6 +94,8 @@ def export(
 
     if batch_input and not end_to_end:
         raise SegdeployError("--batch-input shapes the end-to-end graph: add --end-to-end")
+    if end_to_end:  # before a minute of exporting, not after
+        refuse_existing(end_to_end_path(out or default_export_path(checkpoint)), force)
 
     with console.status(f"exporting {checkpoint} (torch.export + onnxsim + parity)"):
         result = export_checkpoint(
@@ -87,8 +105,18 @@ def export(
             do_simplify=simplify,
             force=force,
             shapes=parse_shapes(shapes) if shapes else None,
+            target=target,
         )
+    _print_export(result)
+    if end_to_end:
+        _export_end_to_end(result.onnx_path, batch_input)
+
+
+def _print_export(result) -> None:
+    """The parity table, where the target was checked, node counts and timings, the files."""
     print_parity_table(result.report)
+    target = result.report.context["target"]
+    console.print(f"target {target['target']}: checked on {target['checked_on']}")
     seconds = result.seconds
     console.print(
         f"nodes {result.nodes_before} -> {result.nodes_after} ({result.simplify_note}); "
@@ -96,8 +124,6 @@ def export(
         f"parity {seconds['parity']:.1f}s"
     )
     console.print(f"wrote [bold]{result.onnx_path}[/] and {result.report_path}")
-    if end_to_end:
-        _export_end_to_end(result.onnx_path, batch_input)
 
 
 def _export_end_to_end(onnx_path: Path, batch: bool) -> None:
@@ -105,7 +131,8 @@ def _export_end_to_end(onnx_path: Path, batch: bool) -> None:
     from segdeploy.export.end_to_end import export_end_to_end
 
     with console.status(f"building and checking the end-to-end graph of {onnx_path}"):
-        # An x.e2e.onnx already there was made from an x.onnx that this export just replaced.
+        # Checked before exporting: an x.e2e.onnx still there was made from the x.onnx that
+        # this export (with --force) just replaced.
         result = export_end_to_end(onnx_path, force=True, batch=batch)
     report = result.report
     console.print(
@@ -117,7 +144,14 @@ def _export_end_to_end(onnx_path: Path, batch: bool) -> None:
 
 def verify(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
-    checkpoint: Annotated[Path, typer.Argument(metavar="MODEL.pt")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[MODEL.pt]",
+            help="Also run the parity gate against this checkpoint; without it, check the "
+            "file's recorded hashes (its own, its parent's).",
+        ),
+    ] = None,
     shapes: Annotated[
         str | None, typer.Option(help=f"[B x] H x W, comma-separated \\[default: {PARITY_SHAPES}].")
     ] = None,
@@ -128,7 +162,12 @@ def verify(
         ),
     ] = None,
 ) -> None:
-    """Check an existing export against its checkpoint; exit 1 when they disagree."""
+    """Check a file's recorded hashes, or (with MODEL.pt) an export against its checkpoint."""
+    if checkpoint is None:
+        from segdeploy.core.integrity import verify_file
+
+        console.print(verify_file(onnx_path).sentence(), highlight=False)
+        return
     from segdeploy.export import verify_export
 
     report = verify_export(
@@ -158,13 +197,14 @@ def quantize(
     eval_samples: EvalSamples = DEFAULT_EVAL_SAMPLES,
     max_drop: MaxDropPoints = 100 * MAX_METRIC_DROP["int8"],
     out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.int8.onnx]")] = None,
+    force: Force = False,
 ) -> None:
     """Static INT8 (QDQ, per-channel) for CPU, kept only if it passes the accuracy gate."""
     from segdeploy.export.quantize import quantize_int8
 
     with console.status(f"calibrating, quantising and gating {onnx_path}"):
         result = quantize_int8(
-            onnx_path, out, calib, samples, eval_samples, max_drop=max_drop / 100
+            onnx_path, out, calib, samples, eval_samples, max_drop=max_drop / 100, force=force
         )
     _print_gate(result)
 
@@ -178,13 +218,20 @@ def convert_fp16(
         str, typer.Option(help="Where the gate runs: cpu (FP16 mostly computed in FP32) or cuda.")
     ] = DEFAULT_GATE_PROVIDER,
     out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.fp16.onnx]")] = None,
+    force: Force = False,
 ) -> None:
     """FP16 variant for CUDA (FP32 inputs/outputs kept, fragile ops left in FP32), gated."""
     from segdeploy.export.fp16 import convert_fp16 as to_fp16
 
     with console.status(f"converting and gating {onnx_path}"):
         result = to_fp16(
-            onnx_path, out, data, eval_samples, max_drop=max_drop / 100, provider=provider
+            onnx_path,
+            out,
+            data,
+            eval_samples,
+            max_drop=max_drop / 100,
+            provider=provider,
+            force=force,
         )
     _print_gate(result)
 
@@ -195,12 +242,13 @@ def convert_bf16(
     eval_samples: EvalSamples = DEFAULT_EVAL_SAMPLES,
     max_drop: MaxDropPoints = 100 * MAX_METRIC_DROP["bf16"],
     out: Annotated[Path | None, typer.Option(help="\\[default: MODEL.bf16.onnx]")] = None,
+    force: Force = False,
 ) -> None:
     """bf16 variant for OpenVINO on CPUs with AVX512-BF16/AMX (about 2x FP32), gated there."""
     from segdeploy.export.bf16 import convert_bf16 as to_bf16
 
     with console.status(f"gating {onnx_path} in bf16 on OpenVINO"):
-        result = to_bf16(onnx_path, out, data, eval_samples, max_drop=max_drop / 100)
+        result = to_bf16(onnx_path, out, data, eval_samples, max_drop=max_drop / 100, force=force)
     _print_gate(result)
 
 

@@ -164,8 +164,11 @@ def _predict_with_progress_bar(
             predict_files_ray, provider=model.provider, **ray_options
         )
         model = model.path
+    from segdeploy.core.publish import lock
+
     columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    # One run per output folder at a time: the masks of two runs never mix.
+    with lock(out, "predict"), Progress(*columns, console=console) as progress:
         task = progress.add_task("predicting", total=len(paths))
         return predict_files(
             model,

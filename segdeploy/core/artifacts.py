@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segdeploy.core import publish
 from segdeploy.core.errors import SegdeployError
 
 #: Every precision segdeploy can run; fp32 is the export itself, the others are variants.
@@ -35,6 +36,11 @@ PARENT_SHA256_KEY = "segdeploy.parent_sha256"
 GATE_KEY = "segdeploy.gate"
 #: Marks an end-to-end graph (``x.e2e.onnx``): its input/output description and parity result.
 END_TO_END_KEY = "segdeploy.end_to_end"
+#: sha256 of the file's own bytes without this entry (``onnx_file.seal``): what it is, checked by
+#: ``segdeploy verify FILE``.
+CONTENT_SHA256_KEY = "segdeploy.content_sha256"
+#: INT8: the calibration images, ``[{"name": ..., "sha256": ...}]`` over their decoded pixels.
+CALIBRATION_MANIFEST_KEY = "segdeploy.calibration_manifest"
 #: The command that makes each variant, for messages that tell the user how to re-create one.
 VARIANT_COMMANDS = {"int8": "quantize", "fp16": "convert-fp16", "bf16": "convert-bf16"}
 
@@ -87,9 +93,9 @@ def gate_report_path(variant: str | Path) -> Path:
 
 
 def lock_path(onnx_path: str | Path) -> Path:
-    """``x.onnx`` -> ``.x.onnx.lock``, held by the export writing ``x.onnx``."""
-    onnx_path = Path(onnx_path)
-    return onnx_path.with_name(f".{onnx_path.name}.lock")
+    """``x.onnx`` -> ``.x.onnx.lock``, held by the export writing ``x.onnx``
+    (:func:`segdeploy.core.publish.lock_path`)."""
+    return publish.lock_path(onnx_path)
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:

@@ -43,3 +43,11 @@ class AccuracyGateError(SegdeployError):
     def __init__(self, message: str, result: Any) -> None:
         super().__init__(message)
         self.result = result
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its type's name when the message is empty: what
+    a one-sentence error quotes from a library's exception (ONNX Runtime, protobuf, ...), whose
+    messages can run over many lines."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -4,7 +4,7 @@
     onnx_file    load / read the card / write metadata of ONNX files (onnx, no torch)
     exporter     torch -> ONNX -> onnxsim -> checker -> card -> parity gate -> file
     parity_gate  ONNX Runtime against PyTorch, in layers (``export`` and ``verify``)
-    gates        accuracy and precision parity of INT8/FP16 variants (torch-free)
+    accuracy_gate  the accuracy gate of INT8/FP16/bf16 variants (torch-free)
     quantize     static INT8 for CPU behind the accuracy gate (torch-free)
     fp16         FP16 variant for CUDA (torch-free)
     end_to_end   one graph from uint8 image to class mask, gated against the runtime (torch-free)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segdeploy.export.accuracy_gate import GateResult, gate_variant
 from segdeploy.export.contract import (
     BF16_GATE_PROVIDER,
     DEFAULT_CALIBRATION,
     DEFAULT_EVAL_SAMPLES,
     MAX_METRIC_DROP,
 )
-from segdeploy.export.gates import GateResult, gate_variant
 
 
 def convert_bf16(
@@ -29,6 +29,7 @@ def convert_bf16(
     eval_samples: int = DEFAULT_EVAL_SAMPLES,
     max_drop: float = MAX_METRIC_DROP["bf16"],
     min_agreement: float | None = None,
+    force: bool = False,
 ) -> GateResult:
     """Write ``<name>.bf16.onnx`` (and its ``.gate.json``) if it passes the accuracy gate.
 
@@ -38,9 +39,11 @@ def convert_bf16(
         eval_samples: validation images for the gate.
         max_drop: largest tolerated drop of mIoU / accuracy (0.005 = half a point).
         min_agreement: override the contract's minimum argmax agreement with FP32.
+        force: replace an existing ``out`` (never the FP32 export or the data it reads).
 
     Raises:
-        SegdeployError: unreadable input or data.
+        SegdeployError: unreadable input or data, an ``out`` that is an input, or one that
+            exists without ``force``.
         ProviderUnavailableError: OpenVINO is not installed, or this CPU cannot compute bf16.
         AccuracyGateError: the bf16 model failed the gate (``.result``); no file was written.
     """
@@ -51,6 +54,7 @@ def convert_bf16(
         lambda model: model,  # the same graph: the precision mark alone changes the arithmetic
         data,
         eval_samples,
+        force,
         max_drop=max_drop,
         min_agreement=min_agreement,
         provider=BF16_GATE_PROVIDER,

@@ -14,21 +14,19 @@ user nothing (the last good model and its variants stay deployable and consisten
 one atomic file write with no moment where an old model sits beside a report about another, and
 ``x.parity.json`` never needs reading to know whether ``x.onnx`` passed.
 
-One export per destination at a time: :func:`export_lock` holds ``.x.onnx.lock`` (created with
-``O_CREAT | O_EXCL``) for the whole export, so a second export to the same path fails at once
-with "another export to x.onnx is in progress" instead of racing the first.
+Published through :mod:`segdeploy.core.publish`: one export per destination at a time
+(``.x.onnx.lock``, created with ``O_CREAT | O_EXCL``, held for the whole export, so a second
+export to the same path fails at once with "another export to x.onnx is in progress" instead of
+racing the first); an ``out`` that is the checkpoint itself is refused even with ``force``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
+from contextlib import AbstractContextManager, contextmanager, redirect_stdout
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -41,15 +39,18 @@ from torch import nn
 from torch.export import Dim
 
 from segdeploy import __version__
-from segdeploy.core import artifacts
+from segdeploy.core import artifacts, publish
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
 from segdeploy.core.errors import ParityError, SegdeployError
-from segdeploy.core.fileio import atomic_write, file_sha256
+from segdeploy.core.fileio import file_sha256
 from segdeploy.core.parity import ParityReport
+from segdeploy.core.publish import refuse_overlap, write_file
+from segdeploy.core.targets import TARGET_KEY, Target
 from segdeploy.export.contract import CONTRACTS, DEFAULT_OPSET
-from segdeploy.export.onnx_file import attach_metadata, graph_dims
+from segdeploy.export.onnx_file import attach_metadata, graph_dims, seal
 from segdeploy.export.parity_gate import check_parity
-from segdeploy.runtime.session import SessionOptions, create_session
+from segdeploy.export.target_check import TargetPlan, require_target_ops, target_plan
+from segdeploy.runtime.session import SessionOptions, create_session, usable_providers
 from segdeploy.train.checkpoint import load_checkpoint
 
 
@@ -164,126 +165,42 @@ def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
         seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
-def _check_destination(out: Path) -> None:
-    """Refuse a bad ``out`` and an unwritable folder before a minute of exporting."""
+def _check_destination(out: Path, checkpoint: Path) -> None:
+    """Refuse a bad ``out`` before a minute of exporting (the lock then proves the folder
+    writable)."""
     if out.suffix != ".onnx":
         raise SegdeployError(f"output {out} must end in .onnx")
-    # One probe name per process and thread: two exports to one path probe at the same time
-    # (the export lock comes later), and a shared name let one delete the other's probe.
-    probe = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.probe")
-    atomic_write(probe, lambda tmp: tmp.write_bytes(b""))
-    probe.unlink(missing_ok=True)
+    refuse_overlap(out, [checkpoint], "export")
 
 
-#: A lock older than this is stale whoever holds it: an export takes minutes, not hours.
-STALE_LOCK_SECONDS = 3600.0
-#: A lock file still empty after this long was left by an export that died while creating it.
-_EMPTY_LOCK_GRACE_SECONDS = 60.0
+def export_lock(out: str | Path) -> AbstractContextManager[Path]:
+    """Hold the exclusive lock of the export destination ``out`` (``.x.onnx.lock``; see
+    :func:`segdeploy.core.publish.lock`): a second export to ``out`` fails at once with
+    "another export to x.onnx is in progress"."""
+    return publish.lock(out, "export")
 
 
-@contextmanager
-def export_lock(out: str | Path) -> Iterator[Path]:
-    """Hold the exclusive lock of the export destination ``out`` for the ``with`` block.
-
-    The lock is ``.x.onnx.lock`` beside ``out``, created with ``O_CREAT | O_EXCL`` (atomic on
-    local file systems) and removed when the block ends, however it ends. A lock is stale, and
-    taken over, when the process that wrote it is gone from this machine or it is older than
-    :data:`STALE_LOCK_SECONDS`.
-
-    Raises:
-        SegdeployError: another export to ``out`` holds the lock, or the folder is unwritable.
-    """
-    out = Path(out)
-    lock = artifacts.lock_path(out)
-    _acquire(lock, out)
-    try:
-        yield lock
-    finally:
-        lock.unlink(missing_ok=True)
+def _stage_pair(
+    staging: publish.Staging, out: Path, onnx_model: onnx.ModelProto, report: ParityReport
+) -> Path:
+    """Stage ``out`` and its report as one pair: renamed into place back to back when the
+    export's publishing block ends (the old report goes first, see :class:`publish.Staging`)."""
+    report_path = artifacts.parity_report_path(out)
+    staging.stage(out, lambda tmp: onnx.save_model(onnx_model, tmp))
+    staging.stage(report_path, lambda tmp: tmp.write_text(report.to_json()))
+    return report_path
 
 
-def _acquire(lock: Path, out: Path) -> None:
-    """Create ``lock`` exclusively (taking over a stale one once), recording who holds it."""
-    for attempt in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if attempt == 0 and _is_stale(lock):
-                lock.unlink(missing_ok=True)
-                continue
-            raise SegdeployError(
-                f"another export to {out} is in progress ({_holder(lock)}); wait for it to "
-                f"finish, or delete {lock} if no export is running"
-            ) from None
-        except OSError as err:
-            raise SegdeployError(f"cannot write to folder {lock.parent} ({err.strerror})") from None
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        with os.fdopen(fd, "w") as handle:
-            json.dump(holder, handle)
-        return
-
-
-def _read_lock(lock: Path) -> dict[str, Any] | None:
-    try:
-        holder = json.loads(lock.read_text())
-    except (OSError, ValueError):
-        return None  # gone, or created but not yet written by its owner
-    return holder if isinstance(holder, dict) else None
-
-
-def _holder(lock: Path) -> str:
-    holder = _read_lock(lock)
-    if not holder:
-        return f"lock {lock}"
-    return f"process {holder.get('pid')} on {holder.get('host')} holds {lock}"
-
-
-def _is_stale(lock: Path) -> bool:
-    """Whether the export that wrote ``lock`` is gone (dead on this machine, or too old)."""
-    try:
-        age = time.time() - lock.stat().st_mtime
-    except OSError:
-        return True  # released between our attempt and this look: try again
-    holder = _read_lock(lock)
-    if holder is None:
-        return age > _EMPTY_LOCK_GRACE_SECONDS
-    if age > STALE_LOCK_SECONDS:
-        return True
-    same_host = holder.get("host") == socket.gethostname()
-    return same_host and not _process_alive(int(holder.get("pid", 0)))
-
-
-def _process_alive(pid: int) -> bool:
-    if pid <= 0 or os.name == "nt":  # on Windows os.kill(pid, 0) would terminate the process
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
-def _publish(out: Path, report_path: Path, onnx_model: onnx.ModelProto, report: ParityReport):
-    """Put ``out`` and its report in place as one pair, and drop a stale rejected report.
-
-    Both are fully written first; the two renames then follow each other, so a reader never
-    finds a new report beside an old model for longer than a rename.
-    """
-    staged = out.with_name(f".{out.name}.staged")  # the lock makes this name ours alone
-    atomic_write(staged, lambda tmp: onnx.save_model(onnx_model, tmp))
-    try:
-        atomic_write(report_path, lambda tmp: tmp.write_text(report.to_json()))
-        os.replace(staged, out)
-    finally:
-        staged.unlink(missing_ok=True)
-    artifacts.rejected_report_path(out).unlink(missing_ok=True)
-
-
-def _finish_graph(onnx_model: onnx.ModelProto, card: ModelCard, checkpoint: Path, opset: int):
-    """Put the card and provenance into ``metadata_props``, then run onnx's full check."""
+def _finish_graph(
+    onnx_model: onnx.ModelProto, card: ModelCard, checkpoint: Path, opset: int, target: Target
+):
+    """Stamp the target's IR version, put the card, provenance and target record into
+    ``metadata_props``, run onnx's full check, then seal the file with its content hash."""
     size = trace_size(card)
+    # The exporter stamps onnx's newest IR; the graph holds nothing newer than the target's
+    # (it is checked on the target's runtime below), so the stamp is lowered to what it opens.
+    onnx_model.ir_version = min(onnx_model.ir_version, target.max_ir)
+    require_target_ops(onnx_model, target)
     attach_metadata(
         onnx_model,
         {
@@ -293,6 +210,7 @@ def _finish_graph(onnx_model: onnx.ModelProto, card: ModelCard, checkpoint: Path
             artifacts.EXPORT_SHAPE_KEY: json.dumps([2, card.in_channels, size, size]),
             artifacts.CHECKPOINT_SHA256_KEY: file_sha256(checkpoint),
             artifacts.TORCH_VERSION_KEY: torch.__version__,
+            TARGET_KEY: target.record(onnx_model.ir_version, opset),
         },
     )
     onnx_model.producer_name = "segdeploy"
@@ -301,6 +219,7 @@ def _finish_graph(onnx_model: onnx.ModelProto, card: ModelCard, checkpoint: Path
         onnx.checker.check_model(onnx_model, full_check=True)
     except onnx.checker.ValidationError as err:
         raise SegdeployError(f"the exported graph failed onnx.checker: {err}") from None
+    seal(onnx_model)
 
 
 def _report_context(
@@ -337,6 +256,7 @@ def export_checkpoint(
     force: bool = False,
     shapes: list[tuple[int, int, int]] | None = None,
     providers: list[str] | None = None,
+    target: str | None = None,
 ) -> ExportResult:
     """Export a segdeploy checkpoint to ONNX and publish it only if it passes the parity gate.
 
@@ -349,6 +269,11 @@ def export_checkpoint(
         shapes: parity shapes ``(batch, height, width)``; defaults to
             :data:`~segdeploy.export.contract.DEFAULT_PARITY_SHAPES`.
         providers: ONNX Runtime providers to check; default: every usable one.
+        target: the runtime the file must open in, e.g. ``"ort>=1.16"``, ``"ort-web"``,
+            ``"openvino>=2025.0"``, ``"ort"`` (the installed onnxruntime); default
+            :data:`~segdeploy.core.targets.DEFAULT_TARGET`. The file gets the IR version that
+            release opens, and the parity gate runs on that release too
+            (:mod:`segdeploy.export.target_check`).
 
     Raises:
         ParityError: ONNX Runtime disagrees with PyTorch (the report is written as
@@ -360,22 +285,30 @@ def export_checkpoint(
     """
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else artifacts.default_export_path(checkpoint)
-    _check_destination(out)
-    with export_lock(out):
-        if out.exists() and not force:
-            raise SegdeployError(f"{out} already exists; pass --force to replace it")
-        return _export_and_publish(checkpoint, out, opset, do_simplify, shapes, providers)
+    plan = target_plan(target, opset)  # a target that cannot be met fails before the export
+    _check_destination(out, checkpoint)
+    with publish.publishing(out, "export", force, inputs=[checkpoint]) as staging:
+        result = _export_and_stage(
+            checkpoint, out, opset, do_simplify, shapes, providers, plan, staging
+        )
+    artifacts.rejected_report_path(out).unlink(missing_ok=True)
+    return result
 
 
-def _export_and_publish(
+def _export_and_stage(
     checkpoint: Path,
     out: Path,
     opset: int,
     do_simplify: bool,
     shapes: list[tuple[int, int, int]] | None,
     providers: list[str] | None,
+    plan: TargetPlan,
+    staging: publish.Staging,
 ) -> ExportResult:
-    """The body of :func:`export_checkpoint`, run while holding the destination's lock."""
+    """The body of :func:`export_checkpoint`, run while holding the destination's lock: the
+    pair is staged only when the gate passed."""
+    if plan.providers:
+        providers = [*(providers or usable_providers()), *plan.providers]
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     with _timed(seconds, "export"):
@@ -388,21 +321,23 @@ def _export_and_publish(
     with _timed(seconds, "simplify"):
         if do_simplify:
             onnx_model, simplified, note = simplify(onnx_model, card)
-    _finish_graph(onnx_model, card, checkpoint, opset)
+    _finish_graph(onnx_model, card, checkpoint, opset, plan.target)
     with _timed(seconds, "parity"):
-        report = check_parity(onnx_model, model, card, shapes, providers, name=out.name)
+        report = check_parity(
+            onnx_model, model, card, shapes, providers, name=out.name, target_env=plan.env
+        )
     seconds["total"] = time.perf_counter() - started
     nodes = (nodes_before, len(onnx_model.graph.node))
     report.context = _report_context(checkpoint, out, opset, nodes, note, seconds)
+    report.context["target"] = {"target": plan.target.spec, "checked_on": plan.note}
     if not report.passed:
         rejected = artifacts.rejected_report_path(out)
-        atomic_write(rejected, lambda tmp: tmp.write_text(report.to_json()))
+        write_file(rejected, lambda tmp: tmp.write_text(report.to_json()))
         kept = " (the export already there is unchanged)" if out.exists() else ""
         raise ParityError(
             f"ONNX Runtime disagrees with PyTorch, so {out} was not written{kept}: "
             f"{report.failures()[0]} (full report: {rejected})",
             report,
         )
-    report_path = artifacts.parity_report_path(out)
-    _publish(out, report_path, onnx_model, report)
+    report_path = _stage_pair(staging, out, onnx_model, report)
     return ExportResult(out, report_path, report, *nodes, simplified, note, seconds)

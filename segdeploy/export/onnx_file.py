@@ -6,13 +6,14 @@ torch.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import onnx
 
-from segdeploy.core.artifacts import PRECISION_KEY, variant_path
+from segdeploy.core.artifacts import CONTENT_SHA256_KEY, PRECISION_KEY, variant_path
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError, first_line
 
 
 def graph_dims(value_info: onnx.ValueInfoProto) -> list[str | int]:
@@ -30,6 +31,40 @@ def attach_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
         prop.key, prop.value = key, value
 
 
+def seal(model: onnx.ModelProto) -> str:
+    """Record in ``model`` the sha256 of its own serialized bytes without that record
+    (``CONTENT_SHA256_KEY``), and return it; call it last, after every other change.
+
+    :func:`segdeploy.core.onnx_header.graph_sha256` recomputes it from the file alone (it skips
+    that one ``metadata_props`` entry), so ``segdeploy verify FILE`` needs neither onnx nor the
+    model that made the file.
+    """
+    kept = [p for p in model.metadata_props if p.key != CONTENT_SHA256_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    digest = hashlib.sha256(model.SerializeToString()).hexdigest()
+    attach_metadata(model, {CONTENT_SHA256_KEY: digest})
+    return digest
+
+
+def stamp_parent_format(variant: onnx.ModelProto, parent: str | Path) -> None:
+    """Keep a variant inside its FP32 parent's target: the parent's IR version, and only the
+    operator domains its nodes use.
+
+    ORT's quantizer saves with onnx's newest IR and imports every domain it knows (measured with
+    onnxruntime 1.31: ``ai.onnx.ml`` opset 5, ``com.microsoft``, ``ai.onnx.preview`` ...), and
+    onnxruntime 1.16.3 refuses the INT8 file at load ("Opset 5 is under development ... domain
+    ai.onnx.ml is till opset 3") although no node uses the domain.
+    """
+    from segdeploy.core.onnx_header import read_header
+
+    variant.ir_version = min(variant.ir_version, read_header(Path(parent)).ir_version)
+    used = {node.domain for node in variant.graph.node} | {""}
+    kept = [o for o in variant.opset_import if o.domain in used or o.domain == "ai.onnx"]
+    del variant.opset_import[:]
+    variant.opset_import.extend(kept)
+
+
 def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX file, or raise one :class:`SegdeployError` sentence naming it."""
     path = Path(path)
@@ -38,7 +73,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     try:
         return onnx.load(path)
     except Exception as err:  # protobuf raises DecodeError and others for truncated/garbage files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise SegdeployError(f"{path} is not a readable ONNX model ({first})") from None
 
 

@@ -19,6 +19,7 @@ unchecked; the ``gpu`` extra asks for ``onnxruntime-gpu>=1.23``.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from segdeploy.core.errors import SegdeployError
 from segdeploy.core.parity import CaseReport, ParityReport, check_dims, check_names, compare_values
 from segdeploy.export.contract import CONTRACTS, default_parity_shapes
 from segdeploy.export.onnx_file import graph_dims, load_onnx, read_card
+from segdeploy.export.target_check import RuntimeEnv
 from segdeploy.runtime.session import (
     SessionOptions,
     cpu_placed_nodes,
@@ -91,6 +93,7 @@ def check_parity(
     providers: list[str] | None = None,
     precision: str = "fp32",
     name: str = "model",
+    target_env: RuntimeEnv | None = None,
 ) -> ParityReport:
     """Compare ONNX Runtime against PyTorch in layers on every shape and provider.
 
@@ -99,7 +102,8 @@ def check_parity(
     failures of the input, not run. Sessions are opened with :func:`gate_session_options`.
 
     On CUDA, a graph whose compute operators ONNX Runtime would place on the CPU fails the
-    gate (:func:`cuda_compute_on_cpu`).
+    gate (:func:`cuda_compute_on_cpu`). With ``target_env``, every shape also runs on the
+    target's own runtime release (:mod:`segdeploy.export.target_check`), as more cases.
     """
     contract = CONTRACTS[card.task]
     report = ParityReport(model=name, tolerance=contract.tolerances[precision])
@@ -122,7 +126,25 @@ def check_parity(
             case = CaseReport(provider=provider, input_shape=tuple(x.shape))
             candidate = session.run(None, {contract.input_name: x})[0]
             report.cases.append(compare_values(reference, candidate, report.tolerance, case))
+    if target_env is not None:
+        report.cases += target_cases(target_env, onnx_model, contract.input_name, inputs, report)
     return report
+
+
+def target_cases(
+    env: RuntimeEnv, onnx_model: onnx.ModelProto, input_name: str, inputs, report: ParityReport
+) -> list[CaseReport]:
+    """The parity cases of ``inputs`` run on the target runtime ``env`` (one process)."""
+    with tempfile.TemporaryDirectory(prefix="segdeploy-parity-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(onnx_model, path)
+        outputs = env.run(path, [{input_name: x} for x, _ in inputs])
+    cases = []
+    for (x, reference), output in zip(inputs, outputs, strict=True):
+        case = CaseReport(provider=env.label, input_shape=tuple(x.shape))
+        candidate = next(iter(output.values()))
+        cases.append(compare_values(reference, candidate, report.tolerance, case))
+    return cases
 
 
 def structural_failures(onnx_model: onnx.ModelProto, card: ModelCard) -> list[str]:

@@ -1,16 +1,18 @@
 """Static INT8 quantisation for CPU (QDQ, per-channel weights) behind an accuracy gate.
 
-``x.onnx`` -> ``x.int8.onnx``: ONNX Runtime's pre-processing (symbolic shape inference skipped:
-it fails on the ``16*h`` dims), calibration on the data's *training* split, each image at its own
-size under the card's input contract (as ``predict`` feeds it), then the gate of
-:mod:`segdeploy.export.gates` on the *validation* split: the INT8 file is written only if its mIoU
-(or accuracy) is at most ``max_drop`` below FP32's and its decisions agree with FP32's. INT8 is for
-the CPU provider, where the gate runs; on CUDA ONNX Runtime runs QDQ graphs with CPU kernels, so
-use FP16 there.
+``x.onnx`` -> ``x.int8.onnx``: ONNX Runtime's pre-processing (symbolic shape inference skipped: it
+fails on the ``16*h`` dims), calibration on the data's *training* split, each image at its own size
+under the card's input contract (as ``predict`` feeds it), then the gate of
+:mod:`segdeploy.export.accuracy_gate` on the *validation* split: the INT8 file is written only if
+its mIoU (or accuracy) is at most ``max_drop`` below FP32's and its decisions agree with FP32's.
+INT8 is for the CPU provider, where the gate runs; on CUDA ONNX Runtime runs QDQ graphs with CPU
+kernels, so use FP16 there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -25,18 +27,25 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from segdeploy.core.artifacts import PRECISION_KEY
+from segdeploy.core.artifacts import CALIBRATION_MANIFEST_KEY, PRECISION_KEY
 from segdeploy.core.card import ModelCard
 from segdeploy.core.images import load_image
 from segdeploy.core.preprocess import normalise
 from segdeploy.data.samples import LabelledImage, card_seed
+from segdeploy.export.accuracy_gate import (
+    GateResult,
+    check_destination,
+    gate_and_write,
+    load_split,
+    require_disjoint,
+    variant_inputs,
+)
 from segdeploy.export.contract import (
     DEFAULT_CALIBRATION,
     DEFAULT_CALIBRATION_SAMPLES,
     DEFAULT_EVAL_SAMPLES,
     MAX_METRIC_DROP,
 )
-from segdeploy.export.gates import GateResult, gate_and_write, load_split, require_disjoint
 from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
 
 #: What :func:`quantize_int8` returns: the gate's measurement (see :class:`GateResult`).
@@ -115,6 +124,17 @@ def quantize_static_qdq(
         return onnx.load(quantized)
 
 
+def calibration_manifest(calibration) -> str:
+    """The calibration images as JSON, ``[{"name": ..., "sha256": ...}]``, each hashed over its
+    decoded pixels with their shape (the same image in another file format hashes the same)."""
+    entries = []
+    for image in calibration.images:
+        digest = hashlib.sha256(str(image.pixels.shape).encode())
+        digest.update(np.ascontiguousarray(image.pixels).tobytes())
+        entries.append({"name": image.name, "sha256": digest.hexdigest()})
+    return json.dumps(entries)
+
+
 def quantize_int8(
     onnx_path: str | Path,
     out: str | Path | None = None,
@@ -123,6 +143,7 @@ def quantize_int8(
     eval_samples: int = DEFAULT_EVAL_SAMPLES,
     max_drop: float = MAX_METRIC_DROP["int8"],
     min_agreement: float | None = None,
+    force: bool = False,
 ) -> GateResult:
     """Write ``<name>.int8.onnx`` (and its ``.gate.json``) next to ``onnx_path`` if it passes.
 
@@ -133,15 +154,19 @@ def quantize_int8(
         samples: calibration images; ``eval_samples``: validation images for the gate.
         max_drop: largest tolerated drop of mIoU / accuracy (0.01 = 1 point).
         min_agreement: override the contract's minimum argmax agreement with FP32.
+        force: replace an existing ``out`` (never the FP32 export or the data it reads).
 
     Returns:
         the gate's :class:`GateResult` (its ``path`` is the INT8 file).
 
     Raises:
-        SegdeployError: unreadable input or data, calibration images among the gate's.
+        SegdeployError: unreadable input or data, calibration images among the gate's, an
+            ``out`` that is an input, or one that exists without ``force``.
         AccuracyGateError: the INT8 model failed the gate (``.result``); no file was written.
     """
     onnx_path, model, out, card = open_fp32_parent(onnx_path, out, "int8", "quantize")
+    reads = variant_inputs(onnx_path, calib)
+    check_destination(out, reads, force, "int8")
     seed = card_seed(card)
     calibration = load_split(card, calib, "train", samples, seed)
     gate = load_split(card, calib, "val", eval_samples, seed)
@@ -149,7 +174,9 @@ def quantize_int8(
     inputs = model_inputs(card, calibration.images)
     int8_model = quantize_static_qdq(onnx_path, model.graph.input[0].name, inputs)
     attach_metadata(
-        int8_model, {p.key: p.value for p in model.metadata_props} | {PRECISION_KEY: "int8"}
+        int8_model,
+        {p.key: p.value for p in model.metadata_props}
+        | {PRECISION_KEY: "int8", CALIBRATION_MANIFEST_KEY: calibration_manifest(calibration)},
     )
     return gate_and_write(
         onnx_path,
@@ -157,6 +184,8 @@ def quantize_int8(
         out,
         gate,
         calibration,
+        force,
+        reads,
         max_drop=max_drop,
         min_agreement=min_agreement,
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.fileio import atomic_write
 from segdeploy.core.images import load_image
 from segdeploy.runtime import postprocess
@@ -54,10 +54,7 @@ def file_failure(path: Path, err: Exception, step: str) -> str:
     by its type and the first line of its message."""
     if isinstance(err, SegdeployError):
         return str(err)
-    lines = str(err).strip().splitlines()
-    return f"image {path}: expected to {step} it, found {type(err).__name__}: " + (
-        lines[0] if lines else "no message"
-    )
+    return f"image {path}: expected to {step} it, found {type(err).__name__}: {first_line(err)}"
 
 
 def check_output_disk(err: BaseException, out_dir: Path, what: str, done: int) -> None:

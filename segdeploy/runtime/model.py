@@ -19,7 +19,7 @@ import numpy as np
 
 from segdeploy.core.artifacts import PRECISION_KEY
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.preprocess import normalise
 from segdeploy.runtime import tiling
 from segdeploy.runtime.engine import ort
@@ -333,7 +333,7 @@ def open_model(
     except SegdeployError:
         raise
     except Exception as err:  # ORT raises InvalidProtobuf, Fail, ... for files it cannot read
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise SegdeployError(
             f"ONNX file {path}: expected a model {_ENGINE_NAMES.get(provider, 'ONNX Runtime')} "
             f"can load, found an error ({first})"

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.fileio import atomic_write
 from segdeploy.core.images import load_image
 from segdeploy.runtime.files import (
@@ -83,7 +83,7 @@ def start_ray(workers: int):
             ray.init("local", num_cpus=workers + 1, include_dashboard=False, **quiet)
     except Exception as err:  # ConnectionError, AuthenticationError, RuntimeError...
         where = f"to join the cluster at RAY_ADDRESS={address}" if address else "to start Ray"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         text = f"{err} {err.__cause__ or ''}"
         if "auth" in text.lower() and "token" in text.lower():
             reason += (
@@ -303,5 +303,4 @@ def _worker_error(err: BaseException) -> SegdeployError:
         seen = cause if isinstance(cause, BaseException) else seen.__cause__
     if isinstance(seen, SegdeployError):
         return seen
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return SegdeployError(f"--engine ray: expected the workers to finish, found {first_line}")
+    return SegdeployError(f"--engine ray: expected the workers to finish, found {first_line(err)}")

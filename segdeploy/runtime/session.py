@@ -20,12 +20,15 @@ What the CUDA provider is asked for (TF32, CPU fallback) is built by the pure fu
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from segdeploy.core.artifacts import PRECISION_KEY
 from segdeploy.core.errors import ProviderUnavailableError, SegdeployError
+from segdeploy.core.onnx_header import read_header
+from segdeploy.core.targets import read_record, refusal
 from segdeploy.runtime.engine import ort
 from segdeploy.runtime.openvino_session import (
     OPENVINO_HINT,
@@ -134,12 +137,39 @@ def _ort_options(options: SessionOptions, plan: SessionPlan) -> ort.SessionOptio
 
 def _open(source: str | bytes, options: SessionOptions, provider: str) -> ort.InferenceSession:
     plan = session_plan(options, provider)
-    return ort.InferenceSession(
-        source,
-        sess_options=_ort_options(options, plan),
-        providers=plan.providers,
-        enable_fallback=0,
-    )
+    try:
+        return ort.InferenceSession(
+            source,
+            sess_options=_ort_options(options, plan),
+            providers=plan.providers,
+            enable_fallback=0,
+        )
+    except Exception as err:
+        # A release older than segdeploy's table (require_openable lets it through) still gets
+        # one sentence for the commonest failure, not ORT's C++ source location.
+        name = source if isinstance(source, str) else "this model"
+        again = f"export it again with --target ort>={_minor(ort.__version__)}"
+        found = re.search(
+            r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", str(err)
+        )
+        if found:
+            raise SegdeployError(
+                f"{name} is ONNX IR {found[1]}, and onnxruntime {ort.__version__} opens IR "
+                f"{found[2]} at most; {again}"
+            ) from None
+        found = re.search(
+            r"Opset (\d+) is under development.* domain (\S+) is till opset (\d+)", str(err)
+        )
+        if found:
+            raise SegdeployError(
+                f"{name} imports opset {found[1]} of domain {found[2]}, and onnxruntime "
+                f"{ort.__version__} opens opset {found[3]} of it at most; {again}"
+            ) from None
+        raise
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
 
 
 def create_session(
@@ -161,6 +191,7 @@ def create_session(
     source = model if isinstance(model, bytes) else os.fspath(model)
     if options.provider == "openvino":
         return OpenVINOSession(source, options.intra_op_threads)
+    require_openable(source)
     available = ort.get_available_providers()
     if options.provider in ("cuda", "auto") and PROVIDER_NAMES["cuda"] in available:
         session = _try_cuda(source, options)
@@ -169,6 +200,22 @@ def create_session(
     if options.provider == "cuda":
         raise _cuda_unusable(available)
     return _refuse_bf16(_open(source, options, "cpu"), source)
+
+
+def require_openable(source: str | bytes) -> None:
+    """Refuse, in one sentence naming the file's IR version and opset and the ``--target`` that
+    fits, a file this onnxruntime cannot open (before ORT's own load error).
+
+    Judged by the file's recorded runtime range (``segdeploy.target``) when it has one, else by
+    its IR version and opset against :mod:`segdeploy.core.targets`; read from the protobuf
+    itself, since a runtime that is too old cannot read the file's metadata.
+    """
+    header = read_header(source)
+    name = source if isinstance(source, str) else "this model"
+    record = read_record(header.metadata)
+    problem = refusal(name, header.ir_version, header.opset, "onnxruntime", ort.__version__, record)
+    if problem:
+        raise SegdeployError(problem)
 
 
 def _refuse_bf16(session: ort.InferenceSession, source: str | bytes) -> ort.InferenceSession:

@@ -4,7 +4,7 @@ was made from.
 Pairing by name alone would let ``bench`` or ``evaluate`` compare a variant with an FP32 export
 re-made since (another checkpoint, another ``export --force``). Every variant records the sha256
 of its FP32 parent file (``PARENT_SHA256_KEY``); :func:`require_parent` checks it. Torch-free and
-onnx-free: the metadata is read with ONNX Runtime.
+onnx-free: the metadata is read from the protobuf (:mod:`segdeploy.core.onnx_header`).
 """
 
 from __future__ import annotations
@@ -14,26 +14,13 @@ from pathlib import Path
 from segdeploy.core.artifacts import PARENT_SHA256_KEY, PRECISION_KEY, VARIANT_COMMANDS
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.fileio import file_sha256
-from segdeploy.runtime.engine import ort
+from segdeploy.core.onnx_header import read_header
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """An ONNX file's ``metadata_props``, read by ONNX Runtime without optimising the graph."""
-    path = Path(path)
-    if not path.is_file():
-        raise SegdeployError(f"ONNX file {path} does not exist")
-    options = ort.SessionOptions()
-    # Only the metadata is wanted: skip the graph optimisations a session would otherwise run.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as err:  # ORT raises InvalidProtobuf, Fail, ... for files it cannot read
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SegdeployError(f"{path} is not a readable ONNX model ({first})") from None
-    return dict(session.get_modelmeta().custom_metadata_map)
+    """An ONNX file's ``metadata_props``, read from the protobuf itself (no ONNX Runtime: a
+    runtime too old for the file could not read them, and ``info`` must still say what it is)."""
+    return read_header(Path(path)).metadata
 
 
 def recorded_parent(variant: str | Path) -> str | None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard
 from segdeploy.core.errors import SegdeployError
-from segdeploy.core.fileio import atomic_write
+from segdeploy.core.publish import check_name, publish_folder, refuse_overlap
 from segdeploy.runtime.engine import ort
 
 #: ONNX Runtime's tensor type names -> Triton's ``DataType`` names.
@@ -79,10 +79,12 @@ class TritonRepoOptions:
             )
         if self.max_queue_delay_us < 0:
             raise SegdeployError(f"queue delay: expected >= 0, found {self.max_queue_delay_us}")
-        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise SegdeployError(
-                f"model name: expected letters, digits, '_', '-' or '.', found {self.name!r}"
-            )
+        if self.name is not None:
+            check_name(self.name, "model name")  # never '.', '..' or a path
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+                raise SegdeployError(
+                    f"model name: expected letters, digits, '_', '-' or '.', found {self.name!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -240,31 +242,42 @@ def write_triton_repo(
         onnx_path: a segdeploy export (its card is read from the file's metadata).
         repo_dir: the model repository (created when missing); other models in it are kept.
         options: batching, instances and warmup; see :class:`TritonRepoOptions`.
-        overwrite: replace an existing ``repo_dir/<name>``; otherwise that is an error.
+        overwrite: replace an existing ``repo_dir/<name>`` (built beside it, then swapped in by
+            renames, so the old model stays whole until the new one is complete); otherwise that
+            is an error. Never a name that is not a plain folder name (``..``, ``.``, ``a/b``),
+            nor a folder that holds ``onnx_path``.
         validate: parse the config with tritonclient's ``ModelConfig`` before writing it.
 
     Raises:
         SegdeployError: an unreadable file or one without a card, a graph Triton cannot take
-            as written, an existing model folder, or a config that does not parse.
+            as written, a bad name, an existing model folder, a model folder that would hold
+            the export, another writer of the same folder, or a config that does not parse.
     """
     onnx_path, options = Path(onnx_path), options or TritonRepoOptions()
     signature = _read_signature(onnx_path)
-    name = options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", onnx_path.stem)
+    name = check_name(options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", onnx_path.stem), "model name")
     model_dir = Path(repo_dir) / name
+    refuse_overlap(model_dir, [onnx_path], "model folder")  # before any check of its contents
     text = config_text(signature, options, name, onnx_path)
     if validate:
         parse_model_config(text, source=f"config of {name}")
-    if model_dir.exists():
-        if not overwrite:
-            raise SegdeployError(
-                f"model repository {repo_dir}: '{name}' exists already; pass overwrite "
-                "(--force) to replace it, or another name"
-            )
-        shutil.rmtree(model_dir)
-    model_path = model_dir / "1" / "model.onnx"
-    model_path.parent.mkdir(parents=True)
-    atomic_write(model_path, lambda tmp: shutil.copyfile(onnx_path, tmp))
+    if model_dir.exists() and not overwrite:
+        raise SegdeployError(
+            f"model repository {repo_dir}: '{name}' exists already; pass overwrite "
+            "(--force) to replace it, or another name"
+        )
     labels = "".join(f"{label}\n" for label in signature.card.class_names)
-    atomic_write(model_dir / "labels.txt", lambda tmp: tmp.write_text(labels))
-    config_path = atomic_write(model_dir / "config.pbtxt", lambda tmp: tmp.write_text(text))
-    return TritonRepo(model_dir, config_path, model_path, text, signature.batching)
+
+    def build(folder: Path) -> None:
+        (folder / "1").mkdir()
+        shutil.copyfile(onnx_path, folder / "1" / "model.onnx")
+        (folder / "labels.txt").write_text(labels)
+        (folder / "config.pbtxt").write_text(text)
+
+    # Built as .<name>.new beside the old folder, swapped in by renames: a failure or Ctrl-C at
+    # any moment leaves the old model or the new one whole (see segdeploy.core.publish).
+    publish_folder(model_dir, build, "model folder", force=overwrite, inputs=[onnx_path])
+    config_path = model_dir / "config.pbtxt"
+    return TritonRepo(
+        model_dir, config_path, model_dir / "1" / "model.onnx", text, signature.batching
+    )

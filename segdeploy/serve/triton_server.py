@@ -14,11 +14,14 @@ Model signature (KServe v2 names); a request sends one of the two inputs::
 
 Files are decoded by the same Pillow path as ``predict`` on a file, so the masks are equal bit for
 bit. Triton itself rejects a wrong dtype, rank or input name before the model sees the request;
-this module answers an image over ``max_side``, another channel count, data that is no image
-file, or both inputs at once, with HTTP 400 and one sentence for that request alone (the other
-requests of its dynamic batch get their answers), and keeps serving. PyTriton 0.7 cannot do that
-by itself: see :data:`_PROXY_SHIM`. Triton's dynamic batcher gathers concurrent requests of one
-shape (``max_batch``); the runtime then runs same-size images in one session call.
+this module answers an image over ``max_side``, another channel count, an empty input, data that
+is no whole image file, files of different sizes in one request (the answer is one mask tensor),
+or both inputs at once, with HTTP 400 and one sentence for that request alone (the other requests
+of its dynamic batch get their answers), and keeps serving; any other failure on a request is a
+500 with one sentence for that request alone (the traceback goes to the server's log, never to a
+client). PyTriton 0.7 cannot do that by itself: see :data:`_PROXY_SHIM`. Triton's dynamic
+batcher gathers concurrent requests of one shape (``max_batch``); the runtime then runs same-size
+images in one session call.
 
 Three facts about ``nvidia-pytriton`` 0.7.0 on this kind of machine (found while building this):
 its Python backend stub links whichever ``libpython3.X.so.1.0`` the dynamic loader finds first
@@ -27,13 +30,15 @@ its Python backend stub links whichever ``libpython3.X.so.1.0`` the dynamic load
 interpreter's ``LIBDIR`` first on ``LD_LIBRARY_PATH``; it pins ``numpy<2``: with numpy 2 the
 server answers with empty tensors, so :func:`check_serving_stack` refuses to start under numpy 2;
 and an exception raised by an infer function fails its whole dynamic batch with HTTP 500 and a
-traceback as the message, which :data:`_PROXY_SHIM` replaces with per-request 400 answers.
+traceback as the message, which :data:`_PROXY_SHIM` replaces with per-request 400/500 answers.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
 import signal
 import socket
 import sysconfig
@@ -50,6 +55,8 @@ from PIL import Image, UnidentifiedImageError
 from segdeploy.core.errors import DataError, SegdeployError
 from segdeploy.core.images import load_image
 from segdeploy.runtime.model import ClassificationModel, SegmentationModel, open_model
+
+LOGGER = logging.getLogger(__name__)
 
 #: Longest image side the server takes unless told (larger requests get an error response).
 DEFAULT_MAX_SIDE = 4096
@@ -116,37 +123,75 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-#: Reserved response key: an infer function answers a bad request with its sentence under this
-#: key, and the proxy shim (:data:`_PROXY_SHIM`) turns it into that request's own 400 response.
+#: Reserved response keys: an infer function answers a request it cannot serve with one sentence
+#: under ERROR_KEY (the client's fault: HTTP 400) or SERVER_ERROR_KEY (ours: HTTP 500), and the
+#: proxy shim (:data:`_PROXY_SHIM`) turns it into that request's own error response.
 ERROR_KEY = "segdeploy_error"
+SERVER_ERROR_KEY = "segdeploy_server_error"
+#: What a client reads when the server failed on its request (the traceback goes to the log).
+SERVER_ERROR = (
+    "segdeploy serve: internal error ({kind}) while answering this request; the server's log "
+    "has the details"
+)
 
 # PyTriton 0.7 answers every exception of an infer function with a 500 carrying a traceback, for
 # the whole dynamic batch: its proxy (the ``model.py`` that Triton's Python backend loads) has no
 # way to return one request's error. This module, installed as ``model.py`` next to PyTriton's own
 # (renamed ``pytriton_proxy.py``), wraps the proxy's ``_wrap_response`` so that a response dict
-# holding only ERROR_KEY becomes ``InferenceResponse(error=TritonError(..., INVALID_ARG))``: a 400
-# for that request alone, with our sentence as the message. It also answers a request with a
-# zero-size input itself: PyTriton's shared-memory transfer fails on those (``memoryview: cannot
-# cast view with zeros in shape``) with a 500 and a traceback before any infer function runs.
-_PROXY_SHIM = f'''"""PyTriton's proxy with per-request client errors (from segdeploy serve)."""
+# holding only ERROR_KEY (SERVER_ERROR_KEY) becomes ``InferenceResponse(error=TritonError(...,
+# INVALID_ARG (INTERNAL)))``: a 400 (500) for that request alone, with our sentence as the message.
+# It also answers a request with a zero-size input itself: PyTriton's shared-memory transfer fails
+# on those (``memoryview: cannot cast view with zeros in shape``) with a 500 and a traceback before
+# any infer function runs. And it is the last line of defence: when PyTriton fails a whole batch
+# anyway (its serialisation, its output checks), each request is tried again alone, so one
+# poisoned request gets a 500 sentence and the others their answers; no traceback reaches a client.
+_PROXY_SHIM = f'''"""PyTriton's proxy with per-request errors (from segdeploy serve)."""
 
 import triton_python_backend_utils as pb_utils
 
 from . import pytriton_proxy as _proxy
 
 _wrap_data = _proxy._wrap_response
+_SERVER_ERROR = {SERVER_ERROR!r}
+
+
+def _error(message, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
 
 def _client_error(message):
-    error = pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
-    return pb_utils.InferenceResponse(error=error)
+    return _error(message, pb_utils.TritonError.INVALID_ARG)
+
+
+def _server_error(kind):
+    return _error(_SERVER_ERROR.format(kind=kind), pb_utils.TritonError.INTERNAL)
+
+
+def _log(text):
+    try:
+        pb_utils.Logger.log_error("segdeploy serve: " + text)
+    except Exception:
+        pass
+
+
+def _message(array):
+    message = array.item(0)
+    return message.decode() if isinstance(message, bytes) else str(message)
 
 
 def _wrap_response(response, requested_output_names, model_outputs_dict):
-    if response.data is not None and "{ERROR_KEY}" in response.data:
-        message = response.data["{ERROR_KEY}"].item(0)
-        return _client_error(message.decode() if isinstance(message, bytes) else str(message))
-    return _wrap_data(response, requested_output_names, model_outputs_dict)
+    # Never raise here: PyTriton calls this in its response task, and an exception there leaves
+    # the whole batch waiting for ever.
+    try:
+        data = response.data
+        if data is not None and "{ERROR_KEY}" in data:
+            return _client_error(_message(data["{ERROR_KEY}"]))
+        if data is not None and "{SERVER_ERROR_KEY}" in data:
+            return _error(_message(data["{SERVER_ERROR_KEY}"]), pb_utils.TritonError.INTERNAL)
+        return _wrap_data(response, requested_output_names, model_outputs_dict)
+    except Exception as err:
+        _log(f"wrapping a response failed: {{type(err).__name__}}: {{err}}")
+        return _server_error(type(err).__name__)
 
 
 _proxy._wrap_response = _wrap_response
@@ -161,12 +206,21 @@ def _empty_input(request):
 
 
 class TritonPythonModel(_proxy.TritonPythonModel):
+    def _answer(self, requests):
+        """One response per request; a batch PyTriton fails as a whole is retried request by
+        request, so that only the request that fails alone gets an error (a 500 sentence)."""
+        try:
+            return super().execute(requests)
+        except Exception as err:
+            _log(f"a batch of {{len(requests)}} failed: {{str(err)[-2000:]}}")
+            if len(requests) == 1:
+                return [_server_error(type(err).__name__)]
+        return [self._answer([request])[0] for request in requests]
+
     def execute(self, requests):
         empty = [_empty_input(request) for request in requests]
-        if not any(empty):
-            return super().execute(requests)
         rest = [request for request, why in zip(requests, empty) if why is None]
-        answers = iter(super().execute(rest) if rest else [])
+        answers = iter(self._answer(rest) if rest else [])
         return [_client_error(why) if why else next(answers) for why in empty]
 '''
 
@@ -220,11 +274,20 @@ def decode_image(blob: bytes, max_side: int = DEFAULT_MAX_SIDE, channels: int = 
     ``predict`` of the same file; the size is checked from the header before anything is decoded.
 
     Raises:
-        DataError: data that is no image, truncated pixel data, or an image over ``max_side``.
+        DataError: data that is no image, truncated pixel data, an image over ``max_side`` (also
+            one whose header claims more pixels than Pillow's decompression-bomb limit), or one
+            Pillow cannot convert to ``channels``.
     """
     try:
         image = Image.open(io.BytesIO(blob))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as err:
+        declared = re.search(r"\((\d+) pixels\)", str(err))  # "Image size (N pixels) exceeds"
+        found = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than Pillow's"
+        raise DataError(
+            f"encoded_image: the file's header claims {found}, over the server's limit of "
+            f"{max_side} pixels a side"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise DataError(
             f"encoded_image: expected the bytes of an image file (PNG, JPEG, ...), found "
             f"{len(blob)} bytes that Pillow cannot identify as an image"
@@ -238,7 +301,15 @@ def decode_image(blob: bytes, max_side: int = DEFAULT_MAX_SIDE, channels: int = 
                 f"encoded_image: expected a complete image file, found truncated or corrupt "
                 f"pixel data ({type(err).__name__}: {err})"
             ) from None
-        return load_image(image, channels=channels)
+        try:
+            return load_image(image, channels=channels)
+        except DataError as err:  # load_image names its source "the PIL image"
+            raise DataError(f"encoded_image: {str(err).removeprefix('the PIL image: ')}") from None
+        except (OSError, ValueError, SyntaxError) as err:  # an exotic mode Pillow cannot convert
+            raise DataError(
+                f"encoded_image: expected an image Pillow can convert to {channels} channels, "
+                f"found a {image.mode} image it cannot ({type(err).__name__})"
+            ) from None
 
 
 def _request_images(request: Any, max_side: int, channels: int) -> list[np.ndarray]:
@@ -254,44 +325,109 @@ def _request_images(request: Any, max_side: int, channels: int) -> list[np.ndarr
     return [decode_image(blob, max_side, channels) for blob in request["encoded_image"].reshape(-1)]
 
 
-def _images_or_error(request: Any, max_side: int, channels: int) -> list[np.ndarray] | DataError:
-    try:
-        return _request_images(request, max_side, channels)
-    except DataError as err:
-        return err
+def _check_one_size(images: list[np.ndarray]) -> None:
+    """The masks of one request go back as one ``(batch, height, width)`` tensor: its files must
+    have one size (arrays have it by construction)."""
+    sizes = sorted({image.shape[:2] for image in images})
+    if len(sizes) > 1:
+        found = ", ".join(f"{h}x{w}" for h, w in sizes)
+        raise DataError(
+            f"encoded_image: expected the {len(images)} files of one request to have one size "
+            f"(the answer is one (batch, height, width) mask), found {found}; send files of "
+            "different sizes in separate requests"
+        )
+
+
+Response = dict[str, np.ndarray]
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def error_response(message: str) -> Response:
+    """The response dict that the proxy shim answers with a 400 carrying ``message``."""
+    return {ERROR_KEY: np.array([_one_line(message).encode()], dtype=np.object_)}
+
+
+def server_error_response(err: BaseException) -> Response:
+    """The response dict that the proxy shim answers with a 500 and :data:`SERVER_ERROR`."""
+    message = SERVER_ERROR.format(kind=type(err).__name__)
+    return {SERVER_ERROR_KEY: np.array([message.encode()], dtype=np.object_)}
+
+
+def _failure(err: Exception, what: str) -> Response:
+    """A request's error response: a DataError is the client's (400, its sentence); anything
+    else is ours (500, one sentence; the traceback goes to the server's log, not the client)."""
+    if isinstance(err, DataError):
+        return error_response(str(err))
+    LOGGER.error("segdeploy serve: %s failed", what, exc_info=err)
+    return server_error_response(err)
 
 
 def make_infer(model: SegmentationModel | ClassificationModel, max_side: int) -> Callable:
     """The function Triton calls with a batch of requests: one response dict per request.
 
-    A bad request gets its own error response (a 400 with one sentence, through the proxy shim);
-    the good requests of the same dynamic batch are answered as usual, their images run through
-    ``predict_batch`` together.
+    Every request is checked on its own (one input, its shape, its files decodable and within
+    ``max_side``, one size per request for masks); a bad one gets its own error response (a 400
+    with one sentence, through the proxy shim), and an unexpected failure on one request a 500
+    sentence for that request alone. The good requests of the same dynamic batch are answered as
+    usual, their images run through ``predict_batch`` together (request by request when that
+    fails, to find the one that makes it fail).
     """
     segmentation = isinstance(model, SegmentationModel)
     channels = model.card.in_channels
 
-    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
-        parsed = [_images_or_error(request, max_side, channels) for request in requests]
-        flat = [image for item in parsed if isinstance(item, list) for image in item]
-        results = iter(model.predict_batch(flat) if flat else [])
-        responses = []
-        for item in parsed:
-            if isinstance(item, DataError):
-                responses.append(error_response(str(item)))
-            else:
-                responses.append(_response([next(results) for _ in item], segmentation))
-        return responses
+    def parse(request: Any) -> list[np.ndarray] | Response:
+        try:
+            images = _request_images(request, max_side, channels)
+            if segmentation:
+                _check_one_size(images)
+            return images
+        except Exception as err:
+            return _failure(err, "reading a request")
+
+    def run(batches: list[list[np.ndarray]]) -> list[list[Any] | Response]:
+        try:
+            results = iter(model.predict_batch([image for images in batches for image in images]))
+            return [[next(results) for _ in images] for images in batches]
+        except Exception as err:
+            if len(batches) == 1:
+                return [_failure(err, "running the model on a request")]
+        answers: list[list[Any] | Response] = []
+        for images in batches:
+            try:
+                answers.append(model.predict_batch(images))
+            except Exception as err:
+                answers.append(_failure(err, "running the model on a request"))
+        return answers
+
+    def respond(answers: list[Any] | Response) -> Response:
+        if isinstance(answers, dict):
+            return answers
+        try:
+            return _response(answers, segmentation)
+        except Exception as err:
+            return _failure(err, "building a response")
+
+    def answer(requests: list[Any]) -> list[Response]:
+        parsed = [parse(request) for request in requests]
+        good = [index for index, item in enumerate(parsed) if isinstance(item, list)]
+        ran = run([parsed[index] for index in good]) if good else []
+        for index, answers in zip(good, ran, strict=True):
+            parsed[index] = answers
+        return [respond(item) for item in parsed]
+
+    def infer(requests: list[Any]) -> list[Response]:
+        try:
+            return answer(requests)
+        except Exception as err:  # a bug above: every request still gets one sentence
+            return [_failure(err, "answering a batch") for _ in requests]
 
     return infer
 
 
-def error_response(message: str) -> dict[str, np.ndarray]:
-    """The response dict that the proxy shim answers with a 400 carrying ``message``."""
-    return {ERROR_KEY: np.array([message.encode()], dtype=np.object_)}
-
-
-def _response(answers: list[Any], segmentation: bool) -> dict[str, np.ndarray]:
+def _response(answers: list[Any], segmentation: bool) -> Response:
     if segmentation:
         return {"mask": np.stack(answers).astype(np.uint8)}
     labels = np.array([[label.encode()] for label, _ in answers], dtype=np.object_)

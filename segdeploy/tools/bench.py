@@ -40,7 +40,7 @@ from segdeploy import __version__
 from segdeploy.core.artifacts import VARIANT_COMMANDS, variant_path
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
-from segdeploy.core.fileio import atomic_write
+from segdeploy.core.publish import publish_file
 from segdeploy.runtime import open_model
 from segdeploy.runtime.session import SessionOptions, create_session, session_provider
 from segdeploy.runtime.variants import require_parent
@@ -429,11 +429,22 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def write_results(cases: list[BenchCase], env: dict[str, Any], folder: Path) -> Path:
-    """JSON under ``folder`` named by time and provider; returns its path."""
-    folder.mkdir(parents=True, exist_ok=True)
+def results_path(folder: Path, provider: str) -> Path:
+    """``folder/<time>-<provider>.json``, with ``-2``, ``-3``... when an earlier run (or its
+    chart) already took the name: the results folder is a log, no run replaces another's."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = folder / f"{stamp}-{env['provider']}.json"
+    path = folder / f"{stamp}-{provider}.json"
+    count = 1
+    while path.exists() or path.with_suffix(".png").exists():
+        count += 1
+        path = folder / f"{stamp}-{provider}-{count}.json"
+    return path
+
+
+def write_results(cases: list[BenchCase], env: dict[str, Any], folder: Path) -> Path:
+    """JSON under ``folder`` named by time and provider (:func:`results_path`); returns its
+    path."""
+    path = results_path(folder, env["provider"])
     rows = [{**c.to_dict(), "share_of_peak": share_of_peak(c, env)} for c in cases]
-    payload = {"environment": env, "cases": rows}
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
+    text = json.dumps({"environment": env, "cases": rows}, indent=2)
+    return publish_file(path, lambda tmp: tmp.write_text(text), "bench results")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segdeploy.core.fileio import atomic_write
+from segdeploy.core.publish import write_file
 from segdeploy.tools.bench import BenchCase, eager_precision, engine_name
 
 
@@ -51,4 +51,4 @@ def draw_chart(cases: list[BenchCase], path: Path) -> Path:
                 [label_w, row_y + 3, label_w + width, row_y + row_h - 3], fill=colours[engine]
             )
             draw.text((label_w + width + 6, row_y + 3), f"{ms:.1f}", fill="black", font=font)
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return write_file(path, lambda tmp: image.save(tmp, format="PNG"))

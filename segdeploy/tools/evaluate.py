@@ -19,7 +19,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,8 @@ import numpy as np
 from segdeploy.core import artifacts
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import DataError, ProviderUnavailableError, SegdeployError
-from segdeploy.core.fileio import atomic_write
 from segdeploy.core.metrics import TaskScore, score_predictions
+from segdeploy.core.publish import publish_file
 from segdeploy.data.folders import data_root, folder_class_names
 from segdeploy.data.samples import (
     LabelledImage,
@@ -150,10 +150,17 @@ class EvaluateReport:
         }
 
 
-def write_evaluate_report(report: EvaluateReport, path: str | Path) -> Path:
-    """Write ``report`` as JSON to ``path`` atomically (a crash leaves the old file or none)."""
+def write_evaluate_report(
+    report: EvaluateReport, path: str | Path, force: bool = False, inputs: Sequence = ()
+) -> Path:
+    """Write ``report`` as JSON to ``path`` atomically (a crash leaves the old file or none).
+
+    Raises:
+        SegdeployError: ``path`` exists and not ``force``, or it is one of ``inputs`` (the models
+            and data evaluated), ``force`` or not (:mod:`segdeploy.core.publish`).
+    """
     text = json.dumps(report.to_dict(), indent=2)
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return publish_file(path, lambda tmp: tmp.write_text(text), "evaluate report", force, inputs)
 
 
 def evaluate_models(

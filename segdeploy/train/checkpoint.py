@@ -33,7 +33,7 @@ from torch import nn
 
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
-from segdeploy.core.fileio import atomic_write
+from segdeploy.core.publish import write_file
 from segdeploy.models import create_model
 
 CHECKPOINT_FORMAT = "segdeploy-checkpoint"
@@ -86,7 +86,7 @@ def save_weights(
     }
     if trainer_state is not None:
         payload["trainer"] = trainer_state
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    write_file(path, lambda tmp: torch.save(payload, tmp))  # beside, then renamed into place
     return path
 
 

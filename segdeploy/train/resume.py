@@ -22,6 +22,7 @@ import torch
 
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
+from segdeploy.core.publish import refuse_folder, refuse_overlap
 from segdeploy.train.checkpoint import (
     STATE_SUFFIX,
     best_path,
@@ -138,6 +139,10 @@ def check_output(config: TrainConfig) -> None:
         raise SegdeployError(
             f"--out must not end in {STATE_SUFFIX}: that name is a run's state file"
         )
+    reads = [Path(config.data)] if config.data != "synthetic" else []
+    for path in (out, state_path(out)):  # never an input nor a folder, --force or not
+        refuse_overlap(path, reads + [p for p in (config.pretrained,) if p], "checkpoint")
+        refuse_folder(path, "checkpoint")
     if config.force:
         return
     if config.resume is not None and resume_paths(config.resume)[0].resolve() == out.resolve():

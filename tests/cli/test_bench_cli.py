@@ -84,3 +84,26 @@ def test_only_bench_exits_2_for_an_unusable_provider():
     assert exit_code("bench", unusable) == 2
     assert exit_code("predict", unusable) == exit_code("verify", unusable) == 1
     assert exit_code("bench", SegdeployError("no models to benchmark")) == 1
+
+
+def test_an_existing_json_copy_is_replaced_only_with_force(unet_onnx, tmp_path):
+    copy, results = tmp_path / "copy.json", tmp_path / "results"
+    copy.write_text("an earlier run")
+    args = ["bench", str(unet_onnx), "--size", "32x32", "--no-torch", "--iters", "2"]
+    args += ["--json", str(copy), "--results", str(results)]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and "copy.json already exists; pass --force" in refused.output
+    assert copy.read_text() == "an earlier run" and not results.exists()  # before timing
+    forced = runner.invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    (json_path,) = results.glob("*.json")
+    assert json.loads(copy.read_text()) == json.loads(json_path.read_text())
+
+
+def test_two_runs_in_one_second_keep_both_results(tmp_path, monkeypatch):
+    from segdeploy.tools import bench
+
+    monkeypatch.setattr(bench.time, "strftime", lambda fmt: "20260101-120000")
+    first = bench.write_results([], {"provider": "cpu"}, tmp_path)
+    second = bench.write_results([], {"provider": "cpu"}, tmp_path)
+    assert (first.name, second.name) == ("20260101-120000-cpu.json", "20260101-120000-cpu-2.json")

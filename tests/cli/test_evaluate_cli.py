@@ -63,3 +63,35 @@ def test_a_classifier_shows_accuracy_and_recall(resnet_onnx):
     assert result.exit_code == 0, result.output
     assert "evaluate: accuracy on val" in result.output and "recall per class" in result.output
     assert "pixel acc" not in result.output
+
+
+def test_an_existing_json_report_is_replaced_only_with_force(unet_onnx, tmp_path):
+    report = tmp_path / "evaluate.json"
+    report.write_text("an earlier report")
+    args = [
+        "evaluate",
+        str(unet_onnx),
+        "--data",
+        "synthetic",
+        "--count",
+        "2",
+        "--json",
+        str(report),
+    ]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1
+    assert "evaluate.json already exists; pass --force" in refused.output
+    assert "evaluate: mIoU" not in refused.output  # refused before evaluating
+    assert report.read_text() == "an earlier report"
+    forced = runner.invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(report.read_text())["data"]["images"] == 2
+
+
+def test_a_json_report_onto_the_model_is_refused_even_with_force(unet_onnx, tmp_path):
+    model = tmp_path / "unet.onnx"
+    model.write_bytes(unet_onnx.read_bytes())
+    args = ["evaluate", str(model), "--data", "synthetic", "--json", str(model), "--force"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "never replaces an input" in result.output
+    assert model.read_bytes() == unet_onnx.read_bytes()

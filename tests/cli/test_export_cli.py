@@ -69,3 +69,27 @@ def test_info_shows_the_card_of_both_artifacts(exported, tiny_checkpoints):
     assert pt_info.exit_code == 0 and "features" in pt_info.output
     missing = runner.invoke(app, ["info", "nothing.onnx"])
     assert missing.exit_code == 1 and "nothing.onnx" in missing.output
+
+
+def test_verify_file_alone_checks_its_hashes(exported, tmp_path):
+    out, _ = exported
+    ok = runner.invoke(app, ["verify", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert "content sha256" in ok.output and "matches" in ok.output
+    changed = tmp_path / "unet.onnx"
+    data = bytearray(out.read_bytes())
+    data[data.find(b"pedestrian")] ^= 0x20
+    changed.write_bytes(bytes(data))
+    bad = runner.invoke(app, ["verify", str(changed)])
+    assert bad.exit_code == 1 and "was changed after segdeploy wrote it" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_export_target_is_shown_and_checked(exported, tiny_checkpoints, tmp_path):
+    out, output = exported
+    assert "target ort>=1.16: checked on" in output
+    info = runner.invoke(app, ["info", str(out)])
+    assert '"onnxruntime": ">=1.15"' in info.output.replace("\n", "")
+    args = ["export", str(tiny_checkpoints["unet"]), "--out", str(tmp_path / "m.onnx")]
+    old = runner.invoke(app, [*args, "--target", "ort>=1.12"])
+    assert old.exit_code == 1 and "the lowest target is ort>=1.15" in old.output

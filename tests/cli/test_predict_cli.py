@@ -92,3 +92,37 @@ def test_predict_refuses_a_missing_model_or_cuda_here(unet_onnx, photos, tmp_pat
     args = ["--out", str(tmp_path / "o"), "--provider", "cuda"]
     result = runner.invoke(app, ["predict", str(unet_onnx), str(photos), *args])
     assert result.exit_code == 1 and "only the CPU one runs" in result.output
+
+
+def test_an_output_folder_that_links_to_the_inputs_is_refused(
+    unet_onnx, photos, tmp_path, snapshot
+):
+    link = tmp_path / "masks"
+    link.symlink_to(photos, target_is_directory=True)
+    before = snapshot(photos)
+    result = runner.invoke(app, ["predict", str(unet_onnx), str(photos), "--out", str(link)])
+    assert result.exit_code == 1 and "would overwrite" in result.output
+    assert snapshot(photos) == before
+
+
+def test_a_rerun_into_its_own_output_replaces_its_masks(unet_onnx, photos, tmp_path):
+    out = tmp_path / "masks"
+    args = ["predict", str(unet_onnx), str(photos), "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    (out / "a.png").write_bytes(b"an older run's mask")
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert Image.open(out / "a.png").size == (53, 37)  # replaced by this run's mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks", "photos"]  # no lock left
+    assert not [p for p in out.rglob(".*")]  # no temporary files
+
+
+def test_a_second_predict_into_one_folder_is_refused_while_one_runs(unet_onnx, photos, tmp_path):
+    from segdeploy.core.publish import lock
+
+    out = tmp_path / "masks"
+    with lock(out, "predict"):
+        result = runner.invoke(app, ["predict", str(unet_onnx), str(photos), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "another predict to" in result.output and "is in progress" in result.output
+    assert not out.exists()

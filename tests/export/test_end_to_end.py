@@ -367,3 +367,11 @@ def test_export_command_writes_the_end_to_end_graph_beside_the_model(tiny_checkp
     assert "end-to-end graph" in result.output and (tmp_path / "unet.e2e.onnx").is_file()
     lone = CliRunner().invoke(app, ["export", str(checkpoint), "--batch-input", "--force"])
     assert lone.exit_code != 0 and "add --end-to-end" in lone.output
+
+
+def test_an_end_to_end_graph_onto_its_export_is_refused_even_with_force(unet_onnx, tmp_path):
+    export = shutil.copy(unet_onnx, tmp_path / "unet.onnx")
+    with pytest.raises(SegdeployError, match="never replaces an input"):
+        export_end_to_end(export, export, force=True)
+    assert export.read_bytes() == unet_onnx.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -226,7 +227,7 @@ def test_a_stale_lock_is_taken_over_and_a_pass_clears_the_rejected_report(
         capture_output=True,
         text=True,
     )
-    dead = {"pid": int(gone.stdout), "host": exporter.socket.gethostname(), "started": 0}
+    dead = {"pid": int(gone.stdout), "host": socket.gethostname(), "started": 0}
     artifacts.lock_path(out).write_text(json.dumps(dead))
     artifacts.rejected_report_path(out).write_text('{"passed": false}')
     result = export_checkpoint(tiny_checkpoints["unet"], out, shapes=[(1, 16, 16)])
@@ -260,3 +261,12 @@ def test_gate_sessions_compute_fp32_and_refuse_only_compute_on_the_cpu(monkeypat
     assert parity_gate.cuda_compute_on_cpu(b"") == []
     placed = ["Shape", "Conv", "Conv"]
     assert parity_gate.cuda_compute_on_cpu(b"") == ["Conv"]
+
+
+def test_an_export_onto_its_checkpoint_is_refused_even_with_force(tiny_checkpoints, tmp_path):
+    checkpoint = shutil.copy(tiny_checkpoints["unet"], tmp_path / "unet.onnx")  # a misnamed .pt
+    before = checkpoint.read_bytes()
+    with pytest.raises(SegdeployError, match="never replaces an input"):
+        export_checkpoint(checkpoint, checkpoint, force=True)
+    assert checkpoint.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx"]

@@ -2,7 +2,7 @@
 (``segdeploy quantize`` / ``convert-fp16`` for their exit codes and wording).
 
 An untrained tiny U-Net is enough here; the gate's judgement on a trained model is in
-test_gates.py.
+test_accuracy_gate.py.
 """
 
 from __future__ import annotations
@@ -153,3 +153,61 @@ def test_unreadable_onnx_is_one_sentence(command, tmp_path):
     assert result.exit_code == 1
     assert "garbage.onnx is not a readable ONNX model" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# ------------------------------------------------------------------------------------------------
+# Nothing lost: the FP32 parent is never replaced; an existing variant only with --force
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["quantize", "convert-fp16", "convert-bf16"])
+@pytest.mark.parametrize("how", ["the same path", "a symlink to it"])
+def test_a_variant_out_that_is_its_fp32_input_is_refused_even_with_force(
+    command, how, fp32_export, tmp_path
+):
+    before = fp32_export.read_bytes()
+    out = fp32_export
+    if how == "a symlink to it":
+        out = tmp_path / "link.onnx"
+        out.symlink_to(fp32_export)
+    args = [command, str(fp32_export), "--out", str(out), "--force", "--eval-samples", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "never replaces an input" in result.output and "Traceback" not in result.output
+    assert fp32_export.read_bytes() == before  # byte for byte
+
+
+def test_an_existing_int8_variant_is_refused_without_force_and_replaced_with_it(
+    fp32_export, int8_export, tmp_path
+):
+    from segdeploy.core.artifacts import gate_report_path
+    from segdeploy.core.fileio import file_sha256
+    from segdeploy.export.quantize import quantize_int8
+
+    fp32 = shutil.copy(fp32_export, tmp_path / "unet.onnx")
+    int8 = shutil.copy(int8_export, tmp_path / "unet.int8.onnx")
+    shutil.copy(gate_report_path(int8_export), gate_report_path(int8))
+    before = int8.read_bytes()
+    args = ["quantize", str(fp32), "--samples", "4", "--eval-samples", "4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "unet.int8.onnx already exists; pass --force" in result.output
+    assert int8.read_bytes() == before
+    replaced = quantize_int8(fp32, samples=4, eval_samples=4, force=True, **ANY_RESULT)
+    assert replaced.path == int8
+    report = json.loads(gate_report_path(int8).read_text())
+    assert report["variant_sha256"] == file_sha256(int8)  # the pair describes one file
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "unet.int8.gate.json", "unet.int8.onnx", "unet.onnx"
+    ]  # fmt: skip
+
+
+def test_an_existing_fp16_variant_is_replaced_only_with_force(fp32_export, tmp_path):
+    fp32 = shutil.copy(fp32_export, tmp_path / "unet.onnx")
+    args = ["convert-fp16", str(fp32), "--eval-samples", "2"]
+    assert runner.invoke(app, args).exit_code == 0
+    made = (tmp_path / "unet.fp16.onnx").read_bytes()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "unet.fp16.onnx already exists; pass --force" in again.output
+    forced = runner.invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (tmp_path / "unet.fp16.onnx").read_bytes() == made  # the same conversion, in place

@@ -115,3 +115,67 @@ def test_cli_writes_the_repository_and_reports_errors_in_one_sentence(unet_onnx,
     assert "Traceback" not in again.output
     bad_kind = runner.invoke(app, [*args, "--kind", "tpu", "--force"])
     assert bad_kind.exit_code == 1 and "instance kind" in bad_kind.output
+
+
+# ------------------------------------------------------------------------------------------------
+# Nothing lost: names that escape the repository, replacement that fails or is interrupted
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkout(unet_onnx, tmp_path):
+    """A project folder with a sentinel file, the export and a repository holding another model."""
+    project = tmp_path / "project"
+    (project / "exports").mkdir(parents=True)
+    (project / "sentinel.txt").write_text("the user's only copy")
+    export = project / "exports" / "unet.onnx"
+    export.write_bytes(unet_onnx.read_bytes())
+    write_triton_repo(export, project / "models", TritonRepoOptions(name="other"))
+    return project
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../exports", ""])
+def test_a_name_that_is_not_one_folder_is_refused_and_nothing_is_deleted(
+    checkout, snapshot, monkeypatch, name
+):
+    monkeypatch.chdir(checkout)
+    before = snapshot(checkout)
+    args = ["triton-repo", "exports/unet.onnx", "models", "--name", name, "--force"]
+    result = runner.invoke(app, [*args, "--warmup", "32"])
+    assert result.exit_code == 1, result.output
+    assert "model name" in result.output and "Traceback" not in result.output
+    assert snapshot(checkout) == before  # the checkout, the export and the other model
+
+
+def test_a_model_folder_that_holds_the_export_is_refused(checkout, snapshot):
+    inside = checkout / "models" / "other" / "1" / "model.onnx"
+    before = snapshot(checkout)
+    with pytest.raises(SegdeployError, match="does not hold the input"):
+        write_triton_repo(inside, checkout / "models", TritonRepoOptions(name="other"), True)
+    assert snapshot(checkout) == before
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt])
+def test_a_replacement_that_fails_midway_keeps_the_old_model(
+    checkout, snapshot, monkeypatch, failure
+):
+    from segdeploy.serve import triton_repo
+
+    export, repo = checkout / "exports" / "unet.onnx", checkout / "models"
+    before = snapshot(repo)
+    real_copy = triton_repo.shutil.copyfile
+
+    def copy_half_then_fail(source, target):
+        real_copy(source, target)
+        raise failure
+
+    monkeypatch.setattr(triton_repo.shutil, "copyfile", copy_half_then_fail)
+    options = TritonRepoOptions(name="other", max_batch_size=2, warmup_size=(32, 32))
+    with pytest.raises(SegdeployError if isinstance(failure, OSError) else failure):
+        write_triton_repo(export, repo, options, overwrite=True)
+    assert snapshot(repo) == before  # every file of the old model, and nothing beside it
+    assert sorted(p.name for p in repo.iterdir()) == ["other"]
+    monkeypatch.undo()
+    again = write_triton_repo(export, repo, options, overwrite=True)  # a rerun succeeds
+    assert parse_model_config(again.config_path.read_text()).max_batch_size == 2
+    assert sorted(p.name for p in repo.iterdir()) == ["other"]

@@ -107,6 +107,17 @@ def test_an_existing_output_is_refused_before_training(tmp_path):
     assert read_checkpoint(out)[0].training["epochs"] == 1
 
 
+def test_an_output_onto_the_pretrained_weights_is_refused_even_with_force(tmp_path):
+    weights = tmp_path / "backbone.pt"
+    weights.write_bytes(b"the only copy of the pretrained weights")
+    progress = StopAt(0, 0)
+    config = replace(BASE, out=weights, pretrained=weights, epochs=1, force=True)
+    with pytest.raises(SegdeployError, match="never replaces an input"):
+        train(config, progress=progress)
+    assert weights.read_bytes() == b"the only copy of the pretrained weights"
+    assert not progress.started
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -15,6 +15,11 @@ and the two are proven disjoint by name before anything is measured. The result 
 and its jackknife standard error, images used, data description) goes into the variant's
 ``metadata_props`` and into ``x.<precision>.gate.json`` beside it; a refused variant raises
 :class:`~segdeploy.core.errors.AccuracyGateError` carrying the result, and no file is written.
+
+The pair is published through :mod:`segdeploy.core.publish`: a variant ``out`` that is its FP32
+parent (or any file the command reads) is refused even with ``force`` (replacing an FP32 parent
+is never what a user means: its parity report would describe a file that is gone); an existing
+``out`` is replaced only with ``force``; one writer per variant at a time.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from segdeploy.core.artifacts import (
 )
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import AccuracyGateError, SegdeployError
-from segdeploy.core.fileio import atomic_write, file_sha256
+from segdeploy.core.fileio import file_sha256
 from segdeploy.core.metrics import (
     confusion_matrix,
     ignore_label,
@@ -49,9 +54,17 @@ from segdeploy.core.metrics import (
     score_predictions,
 )
 from segdeploy.core.parity import CaseReport, Tolerance, compare_values, pool_cases
+from segdeploy.core.publish import Staging, publishing, refuse_existing, refuse_overlap
 from segdeploy.data.samples import LabelledImage, card_seed, labelled_images
 from segdeploy.export.contract import CONTRACTS, DEFAULT_GATE_PROVIDER, MAX_METRIC_DROP
-from segdeploy.export.onnx_file import attach_metadata, open_fp32_parent
+from segdeploy.export.onnx_file import (
+    attach_metadata,
+    open_fp32_parent,
+    read_card,
+    seal,
+    stamp_parent_format,
+)
+from segdeploy.export.target_check import variant_on_target
 from segdeploy.runtime import open_model
 from segdeploy.runtime.model import SegmentationModel
 
@@ -286,12 +299,31 @@ def measure_variant(
     return result
 
 
+def variant_inputs(fp32_path: str | Path, data: str | None = None) -> list[Path]:
+    """What making a variant reads, which its ``out`` must never replace: the FP32 export and,
+    unless synthetic, the data folder."""
+    inputs = [Path(fp32_path)]
+    if data is not None and data != "synthetic":
+        inputs.append(Path(data))
+    return inputs
+
+
+def check_destination(out: Path, inputs: list[Path], force: bool, precision: str) -> None:
+    """Refuse ``out`` before minutes of work: an input (always), or existing without ``force``
+    (checked again under the lock when the variant is published)."""
+    refuse_overlap(out, inputs, f"{precision.upper()} variant")
+    refuse_overlap(gate_report_path(out), inputs, f"{precision.upper()} gate report")
+    refuse_existing(out, force)
+
+
 def gate_and_write(
     fp32_path: str | Path,
     variant: onnx.ModelProto,
     out: str | Path,
     gate: GateData,
     calibration: GateData | None = None,
+    force: bool = False,
+    inputs: list[Path] | None = None,
     **thresholds: Any,
 ) -> GateResult:
     """Gate ``variant`` against its FP32 export, then write it and its report, or refuse.
@@ -300,33 +332,56 @@ def gate_and_write(
     (``PRECISION_KEY``); ``thresholds`` are :func:`measure_variant`'s ``max_drop``,
     ``min_agreement`` and ``provider``. The variant records its parent's sha256, calibration and
     the gate's result in ``metadata_props``; the same result goes to ``x.<precision>.gate.json``.
+    ``out`` must not be ``fp32_path`` nor one of ``inputs``; an existing ``out`` is replaced only
+    with ``force``.
 
     Raises:
         AccuracyGateError: the variant failed the gate (``.result``); nothing was written.
+        SegdeployError: ``out`` is an input, exists without ``force``, or is being written by
+            another process.
     """
     out = Path(out)
     precision = next(p.value for p in variant.metadata_props if p.key == PRECISION_KEY)
+    inputs = inputs or variant_inputs(fp32_path)
+    check_destination(out, inputs, force, precision)
     if calibration is not None:
         require_disjoint(calibration, gate)
+    with publishing(out, f"{precision.upper()} variant", force, inputs) as staging:
+        result = _measure_candidate(fp32_path, variant, out, precision, gate, thresholds)
+        if calibration is not None:
+            result.calibration_data = calibration.description
+            result.calibration_images = calibration.names
+        if not result.passed:
+            raise AccuracyGateError(
+                f"the {precision.upper()} variant is refused: {'; '.join(result.failures)}; "
+                f"{out} was not written",
+                result,
+            )
+        metadata = {PARENT_SHA256_KEY: result.parent_sha256, GATE_KEY: json.dumps(result.to_dict())}
+        if calibration is not None:
+            metadata[CALIBRATION_KEY] = calibration.description
+        attach_metadata(variant, metadata)
+        stamp_parent_format(variant, fp32_path)
+        variant_on_target(variant, read_card(variant, str(out)), precision)
+        seal(variant)
+        _stage_pair(staging, variant, result)
+    return result
+
+
+def _measure_candidate(
+    fp32_path: str | Path,
+    variant: onnx.ModelProto,
+    out: Path,
+    precision: str,
+    gate: GateData,
+    thresholds: dict[str, Any],
+) -> GateResult:
+    """:func:`measure_variant` of ``variant`` saved to a temporary file; ``path`` is ``out``."""
     with tempfile.TemporaryDirectory(prefix="segdeploy-gate-") as tmp:
         candidate = Path(tmp) / out.name
         onnx.save_model(variant, candidate)
         result = measure_variant(fp32_path, candidate, precision, gate, **thresholds)
     result.path = out
-    if calibration is not None:
-        result.calibration_data = calibration.description
-        result.calibration_images = calibration.names
-    if not result.passed:
-        raise AccuracyGateError(
-            f"the {precision.upper()} variant is refused: {'; '.join(result.failures)}; "
-            f"{out} was not written",
-            result,
-        )
-    metadata = {PARENT_SHA256_KEY: result.parent_sha256, GATE_KEY: json.dumps(result.to_dict())}
-    if calibration is not None:
-        metadata[CALIBRATION_KEY] = calibration.description
-    attach_metadata(variant, metadata)
-    _write_pair(variant, result)
     return result
 
 
@@ -337,6 +392,7 @@ def gate_variant(
     make: Callable[[onnx.ModelProto], onnx.ModelProto],
     data: str,
     eval_samples: int,
+    force: bool = False,
     **thresholds: Any,
 ) -> GateResult:
     """What every variant graded on data alone (FP16, bf16) does: open the FP32 export, make the
@@ -344,22 +400,22 @@ def gate_variant(
     it on ``eval_samples`` validation images of ``data`` (:func:`gate_and_write`)."""
     command = VARIANT_COMMANDS[precision]
     onnx_path, model, out, card = open_fp32_parent(onnx_path, out, precision, command)
+    inputs = variant_inputs(onnx_path, data)
+    check_destination(out, inputs, force, precision)
     gate = load_split(card, data, "val", eval_samples, card_seed(card))
     parent_metadata = {p.key: p.value for p in model.metadata_props}
     variant = make(model)
     attach_metadata(variant, parent_metadata | {PRECISION_KEY: precision})
-    return gate_and_write(onnx_path, variant, out, gate, **thresholds)
+    return gate_and_write(onnx_path, variant, out, gate, None, force, inputs, **thresholds)
 
 
-def _write_pair(variant: onnx.ModelProto, result: GateResult) -> None:
-    """The variant, then its report (with the variant's sha256), each written atomically.
-
-    The old report goes first: a crash in between leaves a variant without a report (its
-    metadata still holds the result), never a report that describes another file.
-    """
+def _stage_pair(staging: Staging, variant: onnx.ModelProto, result: GateResult) -> None:
+    """Stage the variant, then its report (with the variant's sha256); renamed into place back
+    to back, the old report removed first (:class:`~segdeploy.core.publish.Staging`): a crash
+    leaves a variant without a report (its metadata still holds the result), never a report
+    that describes another file."""
     data = variant.SerializeToString()
-    report_path = gate_report_path(result.path)
-    report_path.unlink(missing_ok=True)
-    atomic_write(result.path, lambda tmp: tmp.write_bytes(data))
+    staging.stage(result.path, lambda tmp: tmp.write_bytes(data))
     report = {**result.to_dict(), "variant_sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    text = json.dumps(report, indent=2) + "\n"
+    staging.stage(gate_report_path(result.path), lambda tmp: tmp.write_text(text))

@@ -15,8 +15,8 @@ from segdeploy.core.artifacts import GATE_KEY, PARENT_SHA256_KEY, gate_report_pa
 from segdeploy.core.errors import AccuracyGateError, SegdeployError
 from segdeploy.core.fileio import file_sha256
 from segdeploy.core.parity import CaseReport, compare_values
+from segdeploy.export.accuracy_gate import GateData, gate_and_write, load_split, require_disjoint
 from segdeploy.export.contract import CONTRACTS, MAX_METRIC_DROP
-from segdeploy.export.gates import GateData, gate_and_write, load_split, require_disjoint
 from segdeploy.runtime import open_model
 from segdeploy.runtime.variants import require_parent
 
