@@ -60,7 +60,10 @@ def file_failure(path: Path, err: Exception, step: str) -> str:
 def check_output_disk(err: BaseException, out_dir: Path, what: str, done: int) -> None:
     """Raise one :class:`SegdeployError` sentence when ``err`` says the disk of ``out_dir``
     takes no more files (:data:`DISK_FULL_ERRNOS`); ``what`` was being written, ``done``:
-    images already written."""
+    images already written. The OSError may sit under the sentence the publisher made of it
+    (``__context__``: it raises ``from None``, which hides the cause but keeps it)."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
     if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
         raise SegdeployError(
             f"output folder {out_dir}: expected room to write {what}, found {err.strerror or err} "
@@ -284,7 +287,7 @@ def _write_predictions(model: ClassificationModel, out_dir: Path, rows: list[lis
     header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
     try:
         return atomic_write(target, lambda tmp: write_csv(tmp, header, rows))
-    except OSError as err:
+    except (OSError, SegdeployError) as err:
         check_output_disk(err, out_dir, CSV_NAME, 0)
         raise
 
