@@ -19,7 +19,8 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from segdeploy.data.samples import labelled_samples
+from segdeploy.core.preprocess import normalise
+from segdeploy.data.samples import labelled_images
 from segdeploy.export.onnx_file import read_card
 from segdeploy.export.quantize import CalibrationBatches
 from segdeploy.tools.bench import Timing, time_calls
@@ -34,7 +35,10 @@ def p50_ms(path: Path, x: np.ndarray) -> float:
 
 def main(path: Path, size: int) -> None:
     card = read_card(onnx.load(path), str(path))
-    images, _ = labelled_samples(card, "synthetic", 32, size, seed=1)
+    # 32 validation crops, sized for the model by its input contract, normalised.
+    items = labelled_images(card, "synthetic", "val", 32, seed=1)
+    pixels = [card.input.to_model_pixels(item.pixels, card.size_multiple) for item in items]
+    images = normalise(np.stack(pixels), card.mean, card.std)
     x = np.random.default_rng(0).standard_normal((1, 3, size, size), np.float32)
     print("fp32", p50_ms(path, x))
     with tempfile.TemporaryDirectory() as folder:

@@ -19,8 +19,6 @@ from PIL import Image
 
 from segdeploy.data.synthetic import render_road_scene
 from segdeploy.runtime import load_image, open_model
-from segdeploy.runtime.postprocess import masks_from_logits
-from segdeploy.runtime.preprocess import to_model_input
 
 
 def timed(call):
@@ -31,7 +29,6 @@ def timed(call):
 
 def main(model_path: str, runs: int) -> None:
     model = open_model(model_path, provider="cpu")
-    card = model.card
     with tempfile.TemporaryDirectory() as folder:
         scene = Path(folder) / "scene512.png"
         Image.fromarray(render_road_scene(7, 512, 512, seed=42)[0]).save(scene)
@@ -40,11 +37,11 @@ def main(model_path: str, runs: int) -> None:
         for _ in range(runs):
             ms, image = timed(lambda: load_image(scene))
             stages["decode"].append(ms)
-            ms, (batch, sizes) = timed(lambda i=image: to_model_input([i], card.mean, card.std))
+            ms, prepared = timed(lambda i=image: model.prepare([i]))  # the input contract
             stages["pre"].append(ms)
-            ms, logits = timed(lambda b=batch: model.run_batch(b))
+            ms, outputs = timed(lambda p=prepared: model.run_prepared(p))
             stages["run"].append(ms)
-            ms, _ = timed(lambda out=logits, s=sizes: masks_from_logits(out, s))
+            ms, _ = timed(lambda out=outputs: model.finish(out))
             stages["post"].append(ms)
             stages["all"].append(timed(lambda: model.predict(scene))[0])
     m = {k: statistics.median(v) for k, v in stages.items()}

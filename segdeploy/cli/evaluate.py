@@ -14,7 +14,7 @@ import typer
 from segdeploy.cli.console import console
 from segdeploy.cli.options import Force
 from segdeploy.cli.tables import print_evaluate_tables
-from segdeploy.tools.evaluate import DEFAULT_PROVIDER, DEFAULT_SEED, DEFAULT_SPLIT
+from segdeploy.tools.evaluate import DEFAULT_PROVIDER, DEFAULT_SPLIT
 
 
 def evaluate(
@@ -32,7 +32,13 @@ def evaluate(
     count: Annotated[
         int | None, typer.Option(min=1, help="Score only the first N images [default: all].")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Data seed given to training.")] = DEFAULT_SEED,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Data seed that holds out an unsplit folder's val images "
+            "[default: the one the model's card records, as training used]."
+        ),
+    ] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the JSON report here.")
     ] = None,

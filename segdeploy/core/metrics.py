@@ -14,14 +14,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: The mask value of pixels left out of segmentation training and scoring. A segmentation-only
+#: rule: a classifier's labels are class indices, and class 255 of a 300-class classifier counts.
 IGNORE_INDEX = 255
+
+
+def ignore_label(task: str) -> int | None:
+    """The label value scoring leaves out for ``task``: :data:`IGNORE_INDEX` for segmentation
+    masks, none for classification (every class index is a class)."""
+    return IGNORE_INDEX if task == "segmentation" else None
 
 
 def confusion_matrix(
     pred: np.ndarray,
     target: np.ndarray,
     num_classes: int,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int | None = IGNORE_INDEX,
 ) -> np.ndarray:
     """Count (truth, prediction) pairs over all pixels.
 
@@ -30,7 +38,8 @@ def confusion_matrix(
         target: integer ground-truth classes, same shape as ``pred``; pixels equal to
             ``ignore_index`` are skipped.
         num_classes: number of classes ``C``.
-        ignore_index: label value that marks pixels to leave out.
+        ignore_index: label value that marks pixels to leave out; ``None`` counts every label
+            (classification, see :func:`ignore_label`).
 
     Returns:
         ``(C, C)`` int64 matrix; rows are truth, columns are prediction.
@@ -41,11 +50,13 @@ def confusion_matrix(
         raise ValueError(f"pred shape {pred.shape} != target shape {target.shape}")
     pred = pred.reshape(-1).astype(np.int64, copy=False)
     target = target.reshape(-1).astype(np.int64, copy=False)
-    keep = target != ignore_index
-    pred = pred[keep]
-    target = target[keep]
+    if ignore_index is not None:
+        keep = target != ignore_index
+        pred = pred[keep]
+        target = target[keep]
     if target.size and (target.min() < 0 or target.max() >= num_classes):
-        raise ValueError(f"target labels must be in [0, {num_classes}) or {ignore_index}")
+        allowed = "" if ignore_index is None else f" or {ignore_index}"
+        raise ValueError(f"target labels must be in [0, {num_classes}){allowed}")
     if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
         raise ValueError(f"predicted labels must be in [0, {num_classes})")
     # One bincount over a flat (truth, pred) index is far faster than a Python loop or
@@ -131,7 +142,7 @@ class ConfusionMatrix:
         metrics = cm.compute()
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
@@ -194,19 +205,21 @@ def score_predictions(pairs, task: str, num_classes: int) -> TaskScore:
     """Score ``(prediction, label)`` pairs: masks against masks, or class indices against labels.
 
     One confusion matrix over every pixel (or image) of the set, never an average of per-image
-    scores. For classification the matrix gives accuracy and per-class recall.
+    scores. For classification the matrix gives accuracy and per-class recall; masks leave out
+    :data:`IGNORE_INDEX` pixels, classification labels are all counted (:func:`ignore_label`).
     """
-    matrix, images = confusion_of_pairs(pairs, num_classes)
+    matrix, images = confusion_of_pairs(pairs, num_classes, task=task)
     return score_confusion(matrix, task, images)
 
 
-def confusion_of_pairs(pairs, num_classes: int) -> tuple[np.ndarray, int]:
-    """The ``(C, C)`` confusion matrix of ``(prediction, label)`` pairs and how many there were.
+def confusion_of_pairs(pairs, num_classes: int, *, task: str) -> tuple[np.ndarray, int]:
+    """The ``(C, C)`` confusion matrix of ``(prediction, label)`` pairs of a ``task`` model and
+    how many there were (labels :func:`ignore_label` names are left out).
 
     Matrices of disjoint parts of a set add up to the set's matrix (distributed validation sums
     them over processes), and :func:`score_confusion` scores the sum.
     """
-    confusion = ConfusionMatrix(num_classes)
+    confusion = ConfusionMatrix(num_classes, ignore_label(task))
     images = 0
     for prediction, label in pairs:
         confusion.update(np.asarray(prediction), np.asarray(label))

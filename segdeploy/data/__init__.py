@@ -2,7 +2,7 @@
 
 synthetic      the procedural road-scene renderer and its classification crops
 folders        segmentation and classification folder readers, validation, train/val splits
-samples        labelled validation images for the export gates (``labelled_samples``)
+samples        labelled images at their own size: validation, evaluate, gates (``labelled_images``)
 checks         the size and normalisation checks every dataset shares
 class_weights  inverse-frequency class weights from masks
 

@@ -559,18 +559,34 @@ def folder_class_names(root: Path, given: Sequence[str] | None) -> tuple[str, ..
     """Segmentation class names: ``given`` (``--classes``), else ``root/classes.txt``.
 
     Raises:
-        DataError: if neither names any class.
+        DataError: if neither names any class, or ``classes.txt`` names one class only (names
+            written on one line, separated by spaces or commas, would become one class).
     """
     if given:
         return tuple(given)
     names_file = root / "classes.txt"
     if names_file.is_file():
         names = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
+        if len(names) == 1:
+            raise DataError(_one_line_of_names(names_file, names[0]))
         if names:
             return names
     raise DataError(
         f"{root} has no classes.txt; pass --classes background,road,... "
         "(one name per label value in the masks)"
+    )
+
+
+def _one_line_of_names(names_file: Path, line: str) -> str:
+    """The sentence for a ``classes.txt`` of one line: one class cannot be segmented, and a
+    line of several words is almost always every class name on one line."""
+    words = [word for word in line.replace(",", " ").split() if word]
+    found = f"one line, {line!r}"
+    if len(words) > 1:
+        found += f", which looks like {len(words)} names on one line"
+    return (
+        f"{names_file}: expected one class name per line (at least 2 classes), found {found}; "
+        "put each name on its own line, in label order"
     )
 
 

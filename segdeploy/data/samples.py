@@ -1,8 +1,9 @@
-"""Labelled held-out images as numpy arrays, for the gates that score exported models.
+"""Labelled held-out images at their own size, for training validation, ``evaluate`` and the
+gates that score exported models.
 
-The items are the validation items training used for the same data argument and seed, read
-without torch: the validation scenes or crops of the synthetic data, or a data folder's ``val/``
-(or its held-out share).
+The items are the validation (or training) items training used for the same data argument and
+seed (:func:`card_seed`), read without torch: the validation scenes or crops of the synthetic
+data, or a data folder's ``val/`` (or its held-out share).
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import numpy as np
 
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import DataError
-from segdeploy.core.preprocess import normalise
 from segdeploy.data import synthetic
-from segdeploy.data.checks import check_size
 from segdeploy.data.folders import (
     DEFAULT_VAL_FRACTION,
     ClassificationFiles,
     SegmentationFiles,
+    data_root,
     folder_layout,
+    has_train_val_split,
     load_rgb,
     split_indices,
 )
@@ -30,68 +31,12 @@ from segdeploy.data.folders import (
 #: of ints; absent when the masks hold class indices.
 MASK_VALUES_KEY = "mask_values"
 
+#: The ``card.training`` key of the data seed the model trained with (``--seed``): it chose the
+#: held-out share of a folder without ``train/`` + ``val/`` and the synthetic validation scenes.
+SEED_KEY = "seed"
+
 #: One item: ``(image (H, W, 3) uint8, mask (H, W) or class label)``.
 Item = tuple[np.ndarray, np.ndarray | int]
-
-
-def labelled_samples(
-    card: ModelCard, source: str, count: int, size: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` normalised images ``(N, C, size, size)`` and their labels (masks or classes).
-
-    Args:
-        card: the model's card: its task, class names, normalisation and size multiple.
-        source: ``"synthetic"`` or a data folder.
-        count: how many items (the first ``count`` validation items; fewer if there are fewer).
-        size: height and width of the images.
-        seed: the data seed, as given to training.
-
-    Returns:
-        images (N, C, size, size) float32 normalised with the card's mean and std, and labels:
-        (N, size, size) int64 masks or (N,) int64 classes.
-
-    Raises:
-        DataError: if the data's classes differ from the card's, or the data is unusable.
-    """
-    if source == "synthetic":
-        names, items = _synthetic_items(card, count, (size, size), seed)
-    else:
-        names, items = _folder_items(card, source, count, (size, size), seed)
-    if tuple(names) != card.class_names:
-        raise DataError(f"data classes {list(names)} differ from the model's {card.class_names}")
-    images, labels = zip(*items, strict=True)
-    pixels = np.stack(images)  # (N, H, W, 3) uint8
-    return normalise(pixels, card.mean, card.std), np.stack(labels).astype(np.int64)
-
-
-def _synthetic_items(
-    card: ModelCard, count: int, hw: tuple[int, int], seed: int
-) -> tuple[Sequence[str], list[Item]]:
-    h, w = check_size(hw, "Synthetic dataset", card.size_multiple)
-    if card.task == "segmentation":
-        render = synthetic.render_road_scene
-    else:
-        render = synthetic.render_road_crop
-    val_seed = seed + synthetic.VALIDATION_SEED_OFFSET
-    return synthetic.ROAD_CLASSES, [render(i, h, w, seed=val_seed) for i in range(count)]
-
-
-def _folder_items(
-    card: ModelCard, source: str, count: int, hw: tuple[int, int], seed: int
-) -> tuple[Sequence[str], list[Item]]:
-    layout = folder_layout(source, card.task, card.class_names)
-    root = layout.root / "val" if layout.has_split else layout.root
-    names = layout.class_names
-    if names is None:
-        files = ClassificationFiles(root, hw)
-    else:
-        mask_values = card_mask_values(card)
-        files = SegmentationFiles(root, len(names), hw, names, card.size_multiple, mask_values)
-    if layout.has_split:
-        indices = list(range(len(files)))
-    else:
-        _, indices = split_indices(len(files), DEFAULT_VAL_FRACTION, seed)
-    return files.class_names, [files.read(i) for i in indices[:count]]
 
 
 @dataclass(frozen=True)
@@ -101,6 +46,19 @@ class LabelledImage:
     name: str
     pixels: np.ndarray  # (H, W, 3) uint8 at the image's own size
     label: np.ndarray | int  # (H, W) uint8 mask (255 = ignore) or a class index
+
+
+def card_seed(card: ModelCard) -> int:
+    """The data seed ``card``'s model trained with (``card.training`` key :data:`SEED_KEY`), so
+    that ``evaluate`` and the gates hold out the images training held out; 0 for a card that
+    records none (0 is ``segdeploy train``'s default)."""
+    return int(card.training.get(SEED_KEY, 0))
+
+
+def split_depends_on_seed(source: str) -> bool:
+    """Whether the data seed chooses ``source``'s validation items: synthetic data and folders
+    without ``train/`` + ``val/`` (a folder's own split does not depend on it)."""
+    return source == "synthetic" or not has_train_val_split(data_root(source))
 
 
 def card_mask_values(card: ModelCard) -> tuple[int, ...] | None:

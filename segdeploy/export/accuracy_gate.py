@@ -47,7 +47,12 @@ from segdeploy.core.artifacts import (
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import AccuracyGateError, SegdeployError
 from segdeploy.core.fileio import file_sha256
-from segdeploy.core.metrics import confusion_matrix, metrics_from_confusion, score_predictions
+from segdeploy.core.metrics import (
+    confusion_matrix,
+    ignore_label,
+    metrics_from_confusion,
+    score_predictions,
+)
 from segdeploy.core.parity import CaseReport, Tolerance, compare_values, pool_cases
 from segdeploy.core.publish import Staging, publishing, refuse_existing, refuse_overlap
 from segdeploy.data.samples import LabelledImage, labelled_images
@@ -179,6 +184,7 @@ def _measure(models, gate: GateData, tolerance: Tolerance, num_classes: int) -> 
     found = _Measurements()
     # Masks are uint8 in the runtime (at most 256 classes): keep the predictions that small.
     dtype = np.uint8 if num_classes <= 256 else np.int64
+    ignore = ignore_label(models[0].card.task)  # 255 is a class of a 300-class classifier
     for image in gate.images:
         scores = [_image_scores(model, image) for model in models]
         case = CaseReport(provider=models[0].provider, input_shape=tuple(image.pixels.shape))
@@ -187,7 +193,7 @@ def _measure(models, gate: GateData, tolerance: Tolerance, num_classes: int) -> 
             prediction = np.argmax(score, axis=0).astype(dtype)
             found.predictions[index].append(prediction)
             found.confusions[index].append(
-                confusion_matrix(prediction, np.asarray(image.label), num_classes)
+                confusion_matrix(prediction, np.asarray(image.label), num_classes, ignore)
             )
     return found
 

@@ -9,6 +9,12 @@ On CUDA the gate checks what it claims to check (:func:`gate_session_options`): 
 TF32's 10-bit mantissa) computed by CUDA kernels only (a node ONNX Runtime would place on the CPU
 makes the session fail with a :class:`ProviderUnavailableError` that lists it, rather than a
 "CUDA" result that was partly computed on the CPU).
+
+Where nodes run is read from ONNX Runtime's node assignment
+(``InferenceSession.get_provider_graph_assignment_info``, new in ONNX Runtime 1.23). An older
+ONNX Runtime has no such listing and would report "no node on the CPU" for any graph, so there a
+CUDA case fails the gate in one sentence (:func:`placement_unknown`) instead of passing
+unchecked; the ``gpu`` extra asks for ``onnxruntime-gpu>=1.23``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -56,6 +63,22 @@ GPU_COMPUTE_OPS = frozenset(
 )
 
 
+#: The ONNX Runtime method that lists where a session's nodes run (ONNX Runtime 1.23+).
+ASSIGNMENT_API = "get_provider_graph_assignment_info"
+
+
+def placement_unknown() -> str | None:
+    """Why this ONNX Runtime cannot say which nodes of a CUDA session run on the CPU (it lacks
+    :data:`ASSIGNMENT_API`), as the gate's failure sentence; ``None`` where it can."""
+    if hasattr(ort.InferenceSession, ASSIGNMENT_API):
+        return None
+    return (
+        f"cuda: onnxruntime {ort.__version__} cannot list which nodes run on the CPU (its "
+        f"InferenceSession has no {ASSIGNMENT_API}, new in 1.23), so a CUDA result could be "
+        "partly the CPU's; install onnxruntime-gpu>=1.23, or gate on the cpu provider"
+    )
+
+
 def cuda_compute_on_cpu(model_bytes: bytes) -> list[str]:
     """The compute operators ONNX Runtime would place on the CPU in a CUDA session, if any."""
     placed = cpu_placed_nodes(model_bytes, gate_session_options("cuda"))
@@ -90,6 +113,10 @@ def check_parity(
     model_bytes = onnx_model.SerializeToString()
     inputs = _reference_outputs(torch_model, card, shapes, report)
     for provider in providers or usable_providers():
+        unknown = placement_unknown() if provider == "cuda" else None
+        if unknown:  # "no CPU node" would be vacuous: refuse rather than pass unchecked
+            report.structural_failures.append(unknown)
+            continue
         on_cpu = cuda_compute_on_cpu(model_bytes) if provider == "cuda" else []
         if on_cpu:  # a CUDA case must be a CUDA result, not a CPU one under CUDA's name
             report.structural_failures.append(f"cuda: ONNX Runtime would run {on_cpu} on the CPU")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
+from segdeploy.data.samples import card_seed
 
 SYNTHETIC = "synthetic"
 
@@ -51,7 +52,7 @@ def choose_data(
     Raises:
         SegdeployError: the card names a folder that is not there.
     """
-    seed = int(card.training.get("seed", 0))
+    seed = card_seed(card)
     if given is not None:
         return DataChoice(given, seed, "given")
     source = trained_on(card)

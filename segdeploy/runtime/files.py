@@ -3,12 +3,16 @@
 Segmentation writes one palette PNG of class indices per image (``<out>/<relative path>.png``,
 plus ``<stem>_overlay.png`` on request); classification writes one ``<out>/predictions.csv``.
 Every file is written to a temporary name and renamed into place, so an interrupted run leaves
-complete files or none. Unreadable images are reported and skipped; the rest are still written.
+complete files or none. An image that cannot be read, predicted or written (a corrupt file, an
+exotic mode, any unexpected error of that one file) is reported in one sentence and skipped; the
+rest are still written. An output disk that takes no more (full, over quota, over the file-size
+limit, read-only) stops the run with one sentence instead: every later file would fail alike.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.fileio import atomic_write
 from segdeploy.core.images import load_image
 from segdeploy.runtime import postprocess
@@ -40,6 +44,32 @@ DEFAULT_BATCH_SIZE = 1
 
 #: Called once per input image when it is done: ``(path, error or None)``.
 ProgressCallback = Callable[[Path, str | None], None]
+#: ``errno`` values of an output disk that takes no more files: the run stops (see the module).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def file_failure(path: Path, err: Exception, step: str) -> str:
+    """One sentence for an error of one image at ``step`` (``"read"``, ``"predict"``,
+    ``"predict and write"``): a :class:`SegdeployError` says its own, anything else is named
+    by its type and the first line of its message."""
+    if isinstance(err, SegdeployError):
+        return str(err)
+    return f"image {path}: expected to {step} it, found {type(err).__name__}: {first_line(err)}"
+
+
+def check_output_disk(err: BaseException, out_dir: Path, what: str, done: int) -> None:
+    """Raise one :class:`SegdeployError` sentence when ``err`` says the disk of ``out_dir``
+    takes no more files (:data:`DISK_FULL_ERRNOS`); ``what`` was being written, ``done``:
+    images already written. The OSError may sit under the sentence the publisher made of it
+    (``__context__``: it raises ``from None``, which hides the cause but keeps it)."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+        raise SegdeployError(
+            f"output folder {out_dir}: expected room to write {what}, found {err.strerror or err} "
+            f"(errno {errno.errorcode.get(err.errno, err.errno)}); stopped after {done} images, "
+            "whose files are whole: free space (or raise the limit) and run again"
+        ) from None
 
 
 @dataclass
@@ -50,7 +80,8 @@ class PredictSummary:
         task: ``"segmentation"`` or ``"classification"``.
         provider: the provider that ran the model (``cpu`` / ``cuda``).
         images: images predicted and written.
-        failed: ``(path, reason)`` of every image that could not be read; it was skipped.
+        failed: ``(path, reason)`` of every image that could not be read, predicted or
+            written; it was skipped.
         tiled: images that ran as overlapping windows (segmentation, see
             :mod:`segdeploy.runtime.tiling`).
         seconds: wall time of the whole run (reading, inference, writing).
@@ -220,10 +251,12 @@ def predict_files(
             (3 bytes a pixel): keep ``batch_size=1`` for very large images.
 
     Returns:
-        a :class:`PredictSummary`; unreadable images are listed in ``failed``, not raised.
+        a :class:`PredictSummary`; images that could not be read, predicted or written are
+        listed in ``failed``, not raised.
 
     Raises:
         SegdeployError: an output would overwrite an input, the output folder is not writable,
+            its disk takes no more files (:func:`check_output_disk`: the run stops there),
             tiling options the model cannot use.
     """
     if batch_size < 1:
@@ -243,12 +276,20 @@ def predict_files(
     chunks = list(_batches(list(zip(paths, names, strict=True)), batch_size))
     rows = _run_pipeline(model, chunks, out_dir, overlay, tiling, summary, report)
     if not segmentation and rows:
-        target = out_dir / CSV_NAME
-        header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
-        atomic_write(target, lambda tmp: _write_csv(tmp, header, rows))
-        summary.outputs.append(target)
+        summary.outputs.append(_write_predictions(model, out_dir, rows))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _write_predictions(model: ClassificationModel, out_dir: Path, rows: list[list[str]]) -> Path:
+    """A classifier's ``predictions.csv`` under ``out_dir`` (a full disk: one sentence)."""
+    target = out_dir / CSV_NAME
+    header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
+    try:
+        return atomic_write(target, lambda tmp: write_csv(tmp, header, rows))
+    except (OSError, SegdeployError) as err:
+        check_output_disk(err, out_dir, CSV_NAME, 0)
+        raise
 
 
 def _run_pipeline(
@@ -288,9 +329,9 @@ def _run_pipeline(
                 report(path, error)
             done_before = len(writing)
             rows += _predict_chunk(model, chunk, out_dir, overlay, tiling, summary, writer, writing)
-            _finish_writes(writing[:done_before], summary, report)
+            _finish_writes(writing[:done_before], summary, report, out_dir)
             del writing[:done_before]
-        _finish_writes(writing, summary, report)
+        _finish_writes(writing, summary, report, out_dir)
     return rows
 
 
@@ -308,27 +349,42 @@ class _Chunk:
 
 
 def _load_chunk(model, chunk: Sequence[tuple[Path, Path]], tiling: dict) -> _Chunk:
-    """On the reader thread: decode, and prepare what runs whole. Unreadable images are
-    reported by the caller, not raised."""
+    """On the reader thread: decode, and prepare what runs whole. Images that cannot be read
+    are reported by the caller, not raised."""
     loaded, failed = [], []
     for path, name in chunk:
         try:
             loaded.append((path, name, load_image(path, channels=model.card.in_channels)))
-        except SegdeployError as err:
-            failed.append((path, str(err)))
+        except Exception as err:  # one image's problem, whatever it is, is that image's
+            failed.append((path, file_failure(path, err, "read")))
     whole = [
         position
         for position, (_, _, image) in enumerate(loaded)
         if not tiling or model.tile_grid(*image.shape[:2], **tiling) is None
     ]
-    prepared = model.prepare([loaded[i][2] for i in whole]) if whole else None
+    try:
+        prepared = model.prepare([loaded[i][2] for i in whole]) if whole else None
+    except Exception as err:  # every image of the session call fails with it
+        failed += [(loaded[i][0], file_failure(loaded[i][0], err, "read")) for i in whole]
+        loaded = [item for i, item in enumerate(loaded) if i not in whole]
+        whole, prepared = [], None
     return _Chunk(loaded, failed, whole, prepared)
 
 
-def _finish_writes(writing: list[tuple[Path, Future]], summary: PredictSummary, report) -> None:
-    """Wait for the writes of ``writing`` in order; record and report each image."""
+def _finish_writes(
+    writing: list[tuple[Path, Future]], summary: PredictSummary, report, out_dir: Path
+) -> None:
+    """Wait for the writes of ``writing`` in order; record and report each image (an image
+    that failed is recorded as failed; a full output disk stops the run)."""
     for path, future in writing:
-        summary.outputs += future.result()
+        try:
+            written = future.result()
+        except Exception as err:
+            check_output_disk(err, out_dir, f"the masks of {path}", summary.images)
+            summary.failed.append((path, file_failure(path, err, "predict and write")))
+            report(path, summary.failed[-1][1])
+            continue
+        summary.outputs += written
         summary.images += 1
         report(path, None)
 
@@ -345,37 +401,59 @@ def _predict_chunk(
 ) -> list[list[str]]:
     """Run one prepared chunk; masks go to ``writer`` (their futures appended to ``writing``), a
     classifier's predictions come back as CSV rows."""
-    ran = model.run_prepared(chunk.prepared) if chunk.prepared else []
-    outputs = dict(zip(chunk.whole, ran, strict=True))
+    try:
+        ran = model.run_prepared(chunk.prepared) if chunk.prepared else []
+    except Exception as err:  # the session call failed: each of its images is reported
+        ran, failure = None, _failed(err)
     if isinstance(model, ClassificationModel):
-        predictions = model.finish(list(outputs.values()))
+        if ran is None:
+            writing += [(path, failure) for path, _, _ in chunk.loaded]
+            return []
+        predictions = model.finish(ran)
         writing += [(path, _DONE) for path, _, _ in chunk.loaded]
         return [
             [str(path), label, *(f"{p:.6f}" for p in probabilities)]
             for (path, _, _), (label, probabilities) in zip(chunk.loaded, predictions, strict=True)
         ]
+    outputs = dict(zip(chunk.whole, ran, strict=True)) if ran is not None else {}
     summary.tiled += len(chunk.loaded) - len(chunk.whole)
     for position, (path, name, image) in enumerate(chunk.loaded):
         stem = out_dir / name
         if position in outputs:
             write = writer.submit(_mask_and_write, model, stem, image, outputs[position], overlay)
+        elif position in chunk.whole:
+            write = failure
         else:
-            mask = model.predict_batch([image], **tiling)[0]  # tiled: window by window, here
-            write = writer.submit(_write_masks, stem, image, mask, model.palette, overlay)
+            try:
+                mask = model.predict_batch([image], **tiling)[0]  # tiled: window by window, here
+            except Exception as err:
+                write = _failed(err)
+            else:
+                write = writer.submit(write_masks, stem, image, mask, model.palette, overlay)
         writing.append((path, write))
     return []
+
+
+def _failed(err: Exception) -> Future:
+    """A done future that raises ``err``: an image that failed before its write was queued."""
+    future: Future = Future()
+    future.set_exception(err)
+    return future
 
 
 def _mask_and_write(
     model: SegmentationModel, stem: Path, image: np.ndarray, output: ImageOutput, overlay: bool
 ) -> list[Path]:
     """On the writer thread: one image's argmax, then its PNGs."""
-    return _write_masks(stem, image, model.finish([output])[0], model.palette, overlay)
+    return write_masks(stem, image, model.finish([output])[0], model.palette, overlay)
 
 
-def _write_masks(
+def write_masks(
     stem: Path, image: np.ndarray, mask: np.ndarray, colours: list, with_overlay: bool
 ) -> list[Path]:
+    """Write ``<stem>.png`` (the palette PNG of ``mask``) and, ``with_overlay``,
+    ``<stem>_overlay.png`` (the class colours over ``image``), each atomically; the files
+    written. Every engine writes masks through this, so their files are byte for byte alike."""
     written = [stem.with_name(f"{stem.name}.png")]
     atomic_write(written[0], lambda tmp: postprocess.save_mask_png(mask, colours, tmp))
     if with_overlay:
@@ -385,7 +463,8 @@ def _write_masks(
     return written
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """Write a classifier's ``predictions.csv`` (``header``, then ``rows``) to ``path``."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

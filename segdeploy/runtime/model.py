@@ -242,14 +242,7 @@ class SegmentationModel(_Model):
     def check_tiling(self, tile: int | None = None, overlap: int = DEFAULT_OVERLAP) -> None:
         """Raise a :class:`SegdeployError` sentence for tiling options this model cannot use
         (call it before a long run; :meth:`predict` checks them too)."""
-        multiple = self.card.size_multiple
-        if tile is not None and self.card.input.resize != "pad":
-            raise SegdeployError(
-                f"tile {tile}: only models that keep the image's size (input contract 'pad') "
-                f"can be tiled; {self.card.arch} resizes images ('{self.card.input.resize}'), "
-                "so it runs them whole"
-            )
-        tiling.check_tiling(tile or tiling.default_tile(multiple), overlap, multiple)
+        tiling.check_card_tiling(self.card, tile, overlap)
 
     def tile_grid(
         self,
@@ -260,15 +253,9 @@ class SegmentationModel(_Model):
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> TileGrid | None:
         """The windows an image of ``height`` x ``width`` runs as, or ``None`` when it runs whole
-        (options as for :meth:`predict`). A model that resizes images never tiles."""
-        self.check_tiling(tile, overlap)
-        if self.card.input.resize != "pad":
-            return None
-        multiple = self.card.size_multiple
-        chosen = tiling.choose_tile(height, width, tile, max_pixels, multiple)
-        if chosen is None:
-            return None
-        return tiling.tile_grid(height, width, chosen, overlap, multiple)
+        (options as for :meth:`predict`): :func:`~segdeploy.runtime.tiling.card_grid`, the rule
+        PyTorch's predictor follows too. A model that resizes images never tiles."""
+        return tiling.card_grid(self.card, height, width, tile, overlap, max_pixels)
 
     def _window_logits(self, window: np.ndarray) -> np.ndarray:
         """``(h, w, C)`` uint8 window -> ``(K, h, w)`` logits, padded and cropped as an image."""

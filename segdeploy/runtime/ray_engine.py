@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.fileio import atomic_write
 from segdeploy.core.images import load_image
 from segdeploy.runtime.files import (
@@ -30,10 +30,12 @@ from segdeploy.runtime.files import (
     DEFAULT_BATCH_SIZE,
     PredictSummary,
     ProgressCallback,
-    _write_csv,
-    _write_masks,
+    check_output_disk,
+    file_failure,
     output_names,
     plan_outputs,
+    write_csv,
+    write_masks,
 )
 from segdeploy.runtime.model import DEFAULT_PROVIDER, SegmentationModel, open_model
 from segdeploy.runtime.session import ALL_CORES
@@ -81,7 +83,7 @@ def start_ray(workers: int):
             ray.init("local", num_cpus=workers + 1, include_dashboard=False, **quiet)
     except Exception as err:  # ConnectionError, AuthenticationError, RuntimeError...
         where = f"to join the cluster at RAY_ADDRESS={address}" if address else "to start Ray"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         text = f"{err} {err.__cause__ or ''}"
         if "auth" in text.lower() and "token" in text.lower():
             reason += (
@@ -116,12 +118,12 @@ class _Predictor:
             for index, path, name in items[start : start + self.batch_size]:
                 try:
                     pixels = load_image(path, channels=self.model.card.in_channels)
-                except SegdeployError as err:
-                    errors[index] = str(err)
+                except Exception as err:  # that image's problem alone, as in the local engine
+                    errors[index] = file_failure(path, err, "read")
                     continue
                 loaded.append((index, path, name, pixels))
             if loaded:
-                tiled += self._predict(loaded, done)
+                tiled += self._predict(loaded, done, errors)
         segmentation = isinstance(self.model, SegmentationModel)
         return {
             "index": [index for index, _, _ in items],
@@ -131,19 +133,29 @@ class _Predictor:
             "tiled": [tiled if n == 0 else 0 for n in range(len(items))],
         }
 
-    def _predict(self, loaded: list, done: dict) -> int:
+    def _predict(self, loaded: list, done: dict, errors: dict) -> int:
         """Predict one session call's ``(index, path, name, pixels)`` and write its masks with
-        the local engine's writer (or make its CSV rows); the number of tiled images."""
+        the local engine's writer (or make its CSV rows); the number of tiled images. An image
+        that fails goes to ``errors``; a full output disk stops the run, as locally."""
         model, images = self.model, [pixels for *_, pixels in loaded]
         tiled = 0
         if isinstance(model, SegmentationModel):
             tiled = sum(model.tile_grid(*i.shape[:2], **self.tiling) is not None for i in images)
-        results = model.predict_batch(images, **self.tiling)
+        try:
+            results = model.predict_batch(images, **self.tiling)
+        except Exception as err:
+            errors.update({index: file_failure(path, err, "predict") for index, path, *_ in loaded})
+            return 0
         for (index, path, name, pixels), result in zip(loaded, results, strict=True):
             if isinstance(model, SegmentationModel):
-                written = _write_masks(
-                    self.out_dir / name, pixels, result, model.palette, self.overlay
-                )
+                try:
+                    written = write_masks(
+                        self.out_dir / name, pixels, result, model.palette, self.overlay
+                    )
+                except Exception as err:
+                    check_output_disk(err, self.out_dir, f"the masks of {path}", len(done))
+                    errors[index] = file_failure(path, err, "predict and write")
+                    continue
                 done[index] = [str(p) for p in written]
             else:
                 label, probabilities = result  # the local engine's CSV row, same formatting
@@ -193,24 +205,49 @@ def predict_files_ray(
     plan_outputs(model, paths, out_dir, overlay)
     if threads == ALL_CORES:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    options = (str(model_path), provider, threads, str(out_dir), overlay, tiling, batch_size)
+    # Workers on other nodes start in other folders: they get absolute, resolved paths.
+    where = _WorkerPaths(Path(out_dir))
+    options = (where.model(model_path), provider, threads, str(where.out), overlay, tiling)
+    options = (*options, batch_size)
     started = time.perf_counter()
     ray, owned = start_ray(workers)
     try:
-        summary, rows = _run(ray, model, paths, options, workers, progress_callback)
+        summary, rows = _run(ray, model, paths, options, workers, progress_callback, where)
     finally:
         if owned:
             ray.shutdown()
     if not segmentation and rows:
         target = Path(out_dir) / CSV_NAME
         header = ["path", "label", *(f"p_{name}" for name in model.class_names)]
-        atomic_write(target, lambda tmp: _write_csv(tmp, header, rows))
+        atomic_write(target, lambda tmp: write_csv(tmp, header, rows))
         summary.outputs.append(target)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _run(ray, model, paths, options, workers, progress_callback):
+class _WorkerPaths:
+    """The absolute, resolved paths workers are given (a worker on another node starts in
+    another folder, where a relative path names another file or none), and the way back to the
+    output paths as the caller named them (the local engine's summary)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.given_out = out_dir
+        self.out = out_dir.resolve()
+
+    @staticmethod
+    def model(path: str | os.PathLike) -> str:
+        return str(Path(path).resolve())
+
+    @staticmethod
+    def input(path: Path) -> str:
+        return str(path.resolve())
+
+    def as_given(self, written: str) -> Path:
+        """A file a worker wrote, under the output folder as the caller named it."""
+        return self.given_out / Path(written).relative_to(self.out)
+
+
+def _run(ray, model, paths, options, workers, progress_callback, where: _WorkerPaths):
     """Stream the dataset through the actor pool; the summary (without the CSV) and the
     classifier rows in input order."""
     from ray.data import ActorPoolStrategy, DataContext
@@ -218,7 +255,7 @@ def _run(ray, model, paths, options, workers, progress_callback):
     DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-run INFO/notice lines
     items = [
-        {"index": i, "path": str(p), "name": str(n)}
+        {"index": i, "path": where.input(p), "name": str(n)}
         for i, (p, n) in enumerate(zip(paths, output_names(paths) if paths else [], strict=True))
     ]
     summary = PredictSummary(task=model.card.task, provider=model.provider)
@@ -247,10 +284,12 @@ def _run(ray, model, paths, options, workers, progress_callback):
     except Exception as err:  # Ray wraps what the workers raised
         raise _worker_error(err) from None
     order = sorted(records)
-    summary.outputs = [Path(p) for i in order for p in json.loads(records[i]["outputs"])]
+    summary.outputs = [where.as_given(p) for i in order for p in json.loads(records[i]["outputs"])]
     position = {path: i for i, path in enumerate(paths)}
     summary.failed.sort(key=lambda item: position[item[0]])
     rows = [json.loads(records[i]["row"]) for i in order if records[i]["row"] != "[]"]
+    for row, index in zip(rows, [i for i in order if records[i]["row"] != "[]"], strict=True):
+        row[0] = str(paths[index])  # the input as the caller named it, as the local CSV says
     return summary, rows
 
 
@@ -264,5 +303,4 @@ def _worker_error(err: BaseException) -> SegdeployError:
         seen = cause if isinstance(cause, BaseException) else seen.__cause__
     if isinstance(seen, SegdeployError):
         return seen
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return SegdeployError(f"--engine ray: expected the workers to finish, found {first_line}")
+    return SegdeployError(f"--engine ray: expected the workers to finish, found {first_line(err)}")

@@ -23,6 +23,13 @@ as overlapping square windows instead:
 Only the ``pad`` input contract (the segmentation default) is tiled: a ``fixed`` or
 ``shorter_side`` model resizes the whole image anyway, and classifiers never tile.
 
+One rule for every engine: :func:`card_grid` decides from the card whether and how an image is
+tiled, and :func:`tiled_mask` / :func:`tiled_logits` blend the windows of any window runner. The
+ONNX runtime's :class:`~segdeploy.runtime.model.SegmentationModel` and PyTorch's
+:class:`~segdeploy.train.inference.TorchPredictor` (training validation, ``evaluate`` of a
+``.pt``) both call them, so a large photograph is validated, evaluated and served as the same
+windows.
+
 How closely tiled masks match whole-image ones depends on the network. A purely local one
 (convolutions, pooling, upsampling by exactly 2) computes the same logits in a window as in the
 whole image away from the window's edges. segdeploy's U-Net upsamples with
@@ -42,6 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.runtime.postprocess import argmax_mask
 
@@ -124,6 +132,49 @@ def choose_tile(
     if height <= tile and width <= tile:
         return None
     return tile
+
+
+def check_card_tiling(
+    card: ModelCard, tile: int | None = None, overlap: int = DEFAULT_OVERLAP
+) -> None:
+    """Raise a :class:`SegdeployError` sentence for tiling options ``card``'s model cannot use:
+    a ``tile`` for a model whose input contract resizes images, or a tile or overlap off its
+    size multiple."""
+    multiple = card.size_multiple
+    if tile is not None and card.input.resize != "pad":
+        raise SegdeployError(
+            f"tile {tile}: only models that keep the image's size (input contract 'pad') "
+            f"can be tiled; {card.arch} resizes images ('{card.input.resize}'), "
+            "so it runs them whole"
+        )
+    check_tiling(tile or default_tile(multiple), overlap, multiple)
+
+
+def card_grid(
+    card: ModelCard,
+    height: int,
+    width: int,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> TileGrid | None:
+    """The windows an image of ``height`` x ``width`` runs as for ``card``'s model, or ``None``
+    when it runs whole: the one tiling decision of every engine (see :func:`choose_tile` for
+    ``tile`` and ``max_pixels``). Classifiers and models that resize images never tile.
+
+    Raises:
+        SegdeployError: see :func:`check_card_tiling`.
+    """
+    if card.task != "segmentation":
+        return None
+    check_card_tiling(card, tile, overlap)
+    if card.input.resize != "pad":
+        return None
+    multiple = card.size_multiple
+    chosen = choose_tile(height, width, tile, max_pixels, multiple)
+    if chosen is None:
+        return None
+    return tile_grid(height, width, chosen, overlap, multiple)
 
 
 def _starts(size: int, tile: int, stride: int) -> tuple[int, ...]:

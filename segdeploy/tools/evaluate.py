@@ -32,7 +32,12 @@ from segdeploy.core.errors import DataError, ProviderUnavailableError, Segdeploy
 from segdeploy.core.metrics import TaskScore, score_predictions
 from segdeploy.core.publish import publish_file
 from segdeploy.data.folders import data_root, folder_class_names
-from segdeploy.data.samples import LabelledImage, labelled_images
+from segdeploy.data.samples import (
+    LabelledImage,
+    card_seed,
+    labelled_images,
+    split_depends_on_seed,
+)
 from segdeploy.runtime.session import PROVIDER_CHOICES
 
 #: Where models run unless told: the CPU, the one provider every machine has, so that two
@@ -40,8 +45,6 @@ from segdeploy.runtime.session import PROVIDER_CHOICES
 DEFAULT_PROVIDER = "cpu"
 #: The split scored unless told: the one training validated on.
 DEFAULT_SPLIT = "val"
-#: The data seed (it picks the hold-out share of a folder without ``train/`` + ``val/``).
-DEFAULT_SEED = 0
 #: File endings evaluate accepts (a variant ``x.int8.onnx`` ends with ``.onnx`` too).
 MODEL_SUFFIXES = (".pt", ".onnx")
 #: Called after each image is scored: ``(images scored so far, images to score in all)``.
@@ -100,6 +103,7 @@ class EvaluateReport:
         models: one :class:`ModelEvaluation` per model, in the order given.
         task, class_names: shared by every model.
         data: the data argument (a folder or ``"synthetic"``); ``split``, ``seed``: which items.
+        seed_from: ``"card"`` (the seed the models trained with) or ``"option"`` (given).
         description: one line about the set (split, count, sizes).
         image_names: the items scored (file paths or ``synthetic:<seed>:<index>``).
         image_sizes: ``(height, width)`` of each item, in the same order.
@@ -118,6 +122,7 @@ class EvaluateReport:
     image_sizes: list[tuple[int, int]]
     provider: str
     versions: dict[str, str] = field(default_factory=dict)
+    seed_from: str = "card"
 
     @property
     def metric_name(self) -> str:
@@ -133,6 +138,7 @@ class EvaluateReport:
                 "source": self.data,
                 "split": self.split,
                 "seed": self.seed,
+                "seed_from": self.seed_from,
                 "description": self.description,
                 "images": len(self.image_names),
                 "image_names": self.image_names,
@@ -163,7 +169,7 @@ def evaluate_models(
     provider: str = DEFAULT_PROVIDER,
     split: str = DEFAULT_SPLIT,
     count: int | None = None,
-    seed: int = DEFAULT_SEED,
+    seed: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> EvaluateReport:
     """Score every model on the ``split`` items of ``data``, each through its serving path.
@@ -175,19 +181,24 @@ def evaluate_models(
         provider: ``"cpu"``, ``"cuda"`` (fails unless CUDA really runs the model) or ``"auto"``.
         split: ``"val"`` (what training validated on) or ``"train"``.
         count: score only the first ``count`` items; all of them by default.
-        seed: the data seed given to training (picks the hold-out share of an unsplit folder).
+        seed: the data seed that picks the held-out share of an unsplit folder (and the
+            synthetic scenes); by default the one the models' cards record, so a model is scored
+            on the images its training held out. Give it to score on another model's split.
         progress: called after each scored image with ``(done, total)``.
 
     Raises:
         SegdeployError: no model, a missing or unsupported file, models of different tasks or
             classes, an unknown provider or split, a variant whose parent beside it is not the
-            file it was made from; :class:`DataError` for unusable data or classes that differ
+            file it was made from, models trained with other seeds on data the seed splits
+            (without ``seed``); :class:`DataError` for unusable data or classes that differ
             from the models'; :class:`ProviderUnavailableError` for CUDA where it cannot run.
     """
     _check_request(models, provider, split, count)
     opened = [_open_model(Path(path), provider) for path in models]
     card = _shared_card(opened)
     _check_folder_classes(card, data)
+    seed_from = "card" if seed is None else "option"
+    seed = _card_seed(opened, data) if seed is None else seed
     items = labelled_images(card, data, split, count, seed)
     if not items:
         raise SegdeployError(f"data {data}: expected labelled {split} images, found none")
@@ -199,11 +210,12 @@ def evaluate_models(
         data=str(data),
         split=split,
         seed=seed,
-        description=describe_images(data, split, items),
+        description=describe_images(data, split, items, _seed_note(data, seed, seed_from)),
         image_names=[item.name for item in items],
         image_sizes=[_size_of(item) for item in items],
         provider=provider,
         versions=versions(any(m.format == "pt" for m in results)),
+        seed_from=seed_from,
     )
 
 
@@ -274,11 +286,13 @@ def _open_model(path: Path, provider: str) -> _OpenModel:
 
 
 def _open_checkpoint(path: Path, provider: str) -> _OpenModel:
-    """A ``.pt`` on ``provider``'s device through TorchPredictor (torch imported here only)."""
+    """A ``.pt`` on the device matching ``provider`` (CPU for ``cpu`` and ``openvino``, CUDA
+    for ``cuda`` and ``auto`` where it runs) through TorchPredictor, which runs it with TF32 off
+    as every ONNX Runtime session is (torch imported here only)."""
     try:
         import torch
 
-        from segdeploy.train.inference import TorchPredictor
+        from segdeploy.train.inference import TorchPredictor, torch_device
     except ImportError:
         raise SegdeployError(
             f"model {path}: evaluating a .pt checkpoint needs torch; install segdeploy[train] "
@@ -289,7 +303,7 @@ def _open_checkpoint(path: Path, provider: str) -> _OpenModel:
         raise ProviderUnavailableError(
             f"provider 'cuda' for {path}: PyTorch cannot use CUDA here; use --provider cpu or auto"
         )
-    device = "cuda" if provider != "cpu" and cuda else "cpu"
+    device = torch_device(provider)
     predictor = TorchPredictor.from_checkpoint(path, device=device)
     return _OpenModel(path, "pt", "fp32", device, predictor.card, predictor.predict)
 
@@ -324,6 +338,19 @@ def _shared_card(opened: list[_OpenModel]) -> ModelCard:
                 f"of {list(model.card.class_names)}; evaluate models of one task and classes"
             )
     return first.card
+
+
+def _card_seed(opened: list[_OpenModel], data: str) -> int:
+    """The data seed the models trained with (:func:`~segdeploy.data.samples.card_seed`, the
+    gates' too); refused, where the seed chooses the items, when their cards disagree."""
+    seeds = [(model.path.name, card_seed(model.card)) for model in opened]
+    if len({seed for _, seed in seeds}) > 1 and split_depends_on_seed(data):
+        listed = ", ".join(f"{name} seed {seed}" for name, seed in seeds)
+        raise SegdeployError(
+            f"data {data}: the models were trained with other data seeds ({listed}), so each "
+            "held out other images; pass --seed to score them all on one seed's split"
+        )
+    return seeds[0][1]
 
 
 def _check_folder_classes(card: ModelCard, data: str) -> None:
@@ -398,15 +425,22 @@ def _size_of(item: LabelledImage) -> tuple[int, int]:
     return tuple(int(n) for n in item.pixels.shape[:2])  # type: ignore[return-value]
 
 
-def describe_images(data: str, split: str, items: list[LabelledImage]) -> str:
-    """One line about the set: ``"<data>, val split: 16 images, 64x64 to 200x300"``."""
+def _seed_note(data: str, seed: int, seed_from: str) -> str:
+    """``" (seed 3, from the card)"`` where the seed chose the items, else nothing."""
+    if not split_depends_on_seed(data):
+        return ""
+    return f" (seed {seed}, from {'the card' if seed_from == 'card' else '--seed'})"
+
+
+def describe_images(data: str, split: str, items: list[LabelledImage], note: str = "") -> str:
+    """One line about the set: ``"<data>, val split<note>: 16 images, 64x64 to 200x300"``."""
     sizes = [_size_of(item) for item in items]
     smallest = min(sizes, key=lambda s: s[0] * s[1])
     largest = max(sizes, key=lambda s: s[0] * s[1])
     span = f"{smallest[0]}x{smallest[1]}"
     if largest != smallest:
         span += f" to {largest[0]}x{largest[1]}"
-    return f"{data}, {split} split: {len(items)} images, {span}"
+    return f"{data}, {split} split{note}: {len(items)} images, {span}"
 
 
 def versions(with_torch: bool) -> dict[str, str]:

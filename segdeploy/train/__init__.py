@@ -4,7 +4,9 @@
     datasets    torch datasets over synthetic scenes and folders, augmentation, class weights
     losses      cross-entropy, soft Dice and their sum
     loop        the training loop (setup, one epoch, validation, best checkpoint)
-    progress    the loop's progress callback and its rich console display
+    setup       TrainingSetup, what prepare_training builds and the loop and resume read
+    resume      the run's state between epochs, --resume and --force
+    progress    the loop's progress callback (and the EpochRecord it reports), rich display
     checkpoint  weights + model card as plain data
 
 Names are loaded on first use, so the CLI can read ``TrainConfig``'s defaults without torch.
@@ -17,7 +19,7 @@ from segdeploy.core.lazy import lazy_attributes
 _LAZY = {
     "TrainConfig": "config",
     "build_datasets": "datasets",
-    "EpochRecord": "loop",
+    "EpochRecord": "progress",
     "TrainResult": "loop",
     "freeze_frozen_batchnorm": "loop",
     "train": "loop",

@@ -87,3 +87,8 @@ class TrainConfig:
     val_samples: int = DEFAULT_VAL_SAMPLES
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05
+
+
+def output_path(config: TrainConfig) -> Path:
+    """Where ``config`` writes its best checkpoint (``ARCH.pt`` by default)."""
+    return Path(config.out or f"{config.arch}.pt")

@@ -16,10 +16,10 @@ reported to a :class:`~segdeploy.train.progress.TrainProgress`.
 
 No lost work: an existing output is replaced only with ``config.force`` (checked before anything
 is built); after every epoch the best checkpoint (on improvement) and then the run's state file
-(:func:`~segdeploy.train.checkpoint.state_path`: last weights + :func:`trainer_state`) are
-written atomically, so Ctrl-C leaves both whole. ``config.resume`` continues such a run from the
-epoch after its last finished one, bit for bit as if it had never stopped
-(:func:`resume_run`).
+(:func:`~segdeploy.train.checkpoint.state_path`: last weights +
+:func:`~segdeploy.train.resume.trainer_state`) are written atomically, so Ctrl-C leaves both
+whole. ``config.resume`` continues such a run from the epoch after its last finished one, bit
+for bit as if it had never stopped (:mod:`segdeploy.train.resume`).
 
 Started by torchrun with several processes, :func:`train` trains data-parallel: the loop calls a
 few hooks of :class:`~segdeploy.train.distributed.DistributedContext` (sampler, DDP-wrapped loss,
@@ -32,8 +32,7 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +44,11 @@ from torch.utils.data import DataLoader
 from segdeploy.core.card import ModelCard
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.metrics import IGNORE_INDEX, TaskScore, confusion_of_pairs, score_confusion
-from segdeploy.core.publish import refuse_folder, refuse_overlap
-from segdeploy.data.samples import MASK_VALUES_KEY, LabelledImage, labelled_images
-from segdeploy.data.summary import DataSummary
+from segdeploy.data.samples import MASK_VALUES_KEY, SEED_KEY, LabelledImage, labelled_images
 from segdeploy.models import ArchSpec, create_model, get_spec
 from segdeploy.models.registry import resolve_finetune
-from segdeploy.train.checkpoint import (
-    STATE_SUFFIX,
-    best_path,
-    read_checkpoint,
-    read_checkpoint_with_trainer,
-    save_checkpoint,
-    save_weights,
-    state_path,
-)
-from segdeploy.train.config import TrainConfig, training_input_contract
+from segdeploy.train.checkpoint import read_checkpoint, save_checkpoint, save_weights, state_path
+from segdeploy.train.config import TrainConfig, output_path, training_input_contract
 from segdeploy.train.datasets import (
     TrainingData,
     build_training_data,
@@ -70,18 +59,18 @@ from segdeploy.train.distributed import SINGLE_PROCESS, DistributedContext, init
 from segdeploy.train.inference import TorchPredictor
 from segdeploy.train.losses import build_loss
 from segdeploy.train.plan import TrainingPlan
-from segdeploy.train.progress import TrainProgress
+from segdeploy.train.progress import EpochRecord, TrainProgress
+from segdeploy.train.resume import (
+    RunState,
+    check_output,
+    read_resume,
+    resume_paths,
+    resume_run,
+    trainer_state,
+)
+from segdeploy.train.setup import TrainingSetup
 
-
-@dataclass
-class EpochRecord:
-    """One epoch: mean training loss, validation metric (and all its details), wall time."""
-
-    epoch: int
-    train_loss: float
-    metric: float
-    seconds: float
-    details: dict[str, Any] = field(default_factory=dict)
+__all__ = ["EpochRecord", "TrainResult", "TrainingSetup", "check_config", "check_output", "train"]
 
 
 @dataclass
@@ -154,38 +143,8 @@ def score_items(
     """
     card = predictor.card
     pairs = ((predicted_label(predictor, item.pixels), item.label) for item in dist.shard(items))
-    matrix, images = dist.sum_counts(*confusion_of_pairs(pairs, card.num_classes))
+    matrix, images = dist.sum_counts(*confusion_of_pairs(pairs, card.num_classes, task=card.task))
     return score_confusion(matrix, card.task, images)
-
-
-@dataclass
-class TrainingSetup:
-    """Everything the epochs need, built once by :func:`prepare_training`.
-
-    ``card`` has no training record yet; ``variant`` is the resolved variant name; ``loss_of``
-    maps ``(images, targets)`` to the training loss (through DDP in a run of several
-    processes); ``dist`` is this process's place in such a run.
-    """
-
-    config: TrainConfig
-    spec: ArchSpec
-    size: int
-    variant: str
-    out: Path
-    card: ModelCard
-    data_description: str
-    data_summary: DataSummary
-    plan: TrainingPlan
-    model: nn.Module
-    criterion: nn.Module
-    metric_name: str
-    train_loader: DataLoader
-    val_items: list[LabelledImage]
-    trainable: list[nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    dist: DistributedContext = SINGLE_PROCESS
 
 
 def check_config(config: TrainConfig, spec: ArchSpec) -> None:
@@ -425,7 +384,7 @@ def training_record(setup: TrainingSetup, best: EpochRecord) -> dict[str, Any]:
         "img_size": setup.size,
         **_mask_values_record(config.mask_values),
         "loss": config.loss if setup.spec.task == "segmentation" else "ce",
-        "seed": config.seed,
+        SEED_KEY: config.seed,
         "variant": setup.variant,
         **({"finetune": _finetune(config, setup.spec)} if setup.spec.finetune else {}),
         **({"pretrained": Path(config.pretrained).name} if config.pretrained else {}),
@@ -433,185 +392,19 @@ def training_record(setup: TrainingSetup, best: EpochRecord) -> dict[str, Any]:
     }
 
 
-@dataclass
-class RunState:
-    """Where a run stands between epochs: what :func:`trainer_state` saves and resume restores.
-
-    ``epoch`` is the last finished epoch (0 before the first); ``card`` carries the training
-    record of ``best_epoch``.
-    """
-
-    card: ModelCard
-    epoch: int = 0
-    best_metric: float = -1.0
-    best_epoch: int = 0
-    history: list[EpochRecord] = field(default_factory=list)
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as data ``torch.load(weights_only=True)`` reads: CPU tensors, Python scalars,
-    lists, tuples and dicts (NumPy scalars and arrays would need an allow-list)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
-    if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_plain(item) for item in value)
-    return value
-
-
-def capture_rng(loader_generator: torch.Generator, device: str) -> dict[str, Any]:
-    """Every random stream training draws from, as plain data (see :func:`restore_rng`).
-
-    torch's global generator drives initialisation, augmentation and dropout; the loader's
-    generator the shuffling; Python's and NumPy's are saved too, whoever draws from them.
-    """
-    state = {
-        "torch": torch.get_rng_state(),
-        "loader": loader_generator.get_state(),
-        "numpy": _plain(np.random.get_state(legacy=False)),
-        "python": _plain(list(random.getstate())),
-    }
-    if device.startswith("cuda"):
-        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def restore_rng(state: dict[str, Any], loader_generator: torch.Generator) -> None:
-    """Put back the streams :func:`capture_rng` saved."""
-    torch.set_rng_state(state["torch"])
-    loader_generator.set_state(state["loader"])
-    np.random.set_state(state["numpy"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def run_identity(setup: TrainingSetup) -> dict[str, Any]:
-    """What a resumed run must share with the saved one: architecture, variant, data, size and
-    classes (the rest, e.g. ``--epochs``, may change)."""
-    data = setup.config.data
-    return {
-        "arch": setup.spec.name,
-        "variant": setup.variant,
-        "data": data if data == "synthetic" else str(Path(data).resolve()),
-        "img_size": setup.size,
-        "classes": list(setup.card.class_names),
-    }
-
-
-def trainer_state(setup: TrainingSetup, run: RunState) -> dict[str, Any]:
-    """Everything needed to continue after ``run.epoch``, as plain data: optimiser, scheduler,
-    epoch, best metric and epoch, history, RNG states and the run's identity.
-
-    In a distributed run also the number of processes and every rank's RNG states
-    (:meth:`~segdeploy.train.distributed.DistributedContext.trainer_entries`, which every rank
-    must call).
-    """
-    rng = capture_rng(setup.train_loader.generator, setup.config.device)
-    return {
-        "epoch": run.epoch,
-        "best_metric": float(run.best_metric),
-        "best_epoch": run.best_epoch,
-        "history": _plain([asdict(record) for record in run.history]),
-        "optimizer": _plain(setup.optimizer.state_dict()),
-        "scheduler": _plain(setup.scheduler.state_dict()),
-        "rng": rng,
-        "run": run_identity(setup),
-        **setup.dist.trainer_entries(rng),
-    }
-
-
-def output_path(config: TrainConfig) -> Path:
-    """Where ``config`` writes its best checkpoint (``ARCH.pt`` by default)."""
-    return Path(config.out or f"{config.arch}.pt")
-
-
-def check_output(config: TrainConfig) -> None:
-    """Refuse to replace an earlier run's files without ``config.force`` (resuming into the same
-    file excepted), before anything is built."""
-    out = output_path(config)
-    if out.name.endswith(STATE_SUFFIX):
-        raise SegdeployError(
-            f"--out must not end in {STATE_SUFFIX}: that name is a run's state file"
-        )
-    reads = [Path(config.data)] if config.data != "synthetic" else []
-    for path in (out, state_path(out)):  # never an input nor a folder, --force or not
-        refuse_overlap(path, reads + [p for p in (config.pretrained,) if p], "checkpoint")
-        refuse_folder(path, "checkpoint")
-    if config.force:
-        return
-    if config.resume is not None and _resume_paths(config.resume)[0].resolve() == out.resolve():
-        return
-    for path in (out, state_path(out)):
-        if path.exists():
-            raise SegdeployError(
-                f"{path} already exists; pass --force to replace it, or --resume it to continue"
-            )
-
-
-def _resume_paths(resume: Path) -> tuple[Path, Path]:
-    """(best checkpoint, state file) of the run ``resume`` names (either of the two)."""
-    return best_path(resume), state_path(resume)
-
-
-def read_resume(config: TrainConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The last weights and trainer state of the run ``config.resume`` names.
-
-    Raises:
-        SegdeployError: no such run, or a checkpoint without trainer state.
-    """
-    best, state_file = _resume_paths(Path(config.resume))
-    if not best.is_file() and not state_file.is_file():
-        raise SegdeployError(f"--resume {config.resume}: checkpoint {best} does not exist")
-    if not state_file.is_file():
-        raise SegdeployError(
-            f"{best} has no trainer state to resume from ({state_file.name} is missing: the run "
-            "was written by an older segdeploy or its state file was removed)"
-        )
-    _, weights, trainer = read_checkpoint_with_trainer(state_file)
-    if trainer is None:
-        raise SegdeployError(f"{state_file} has no trainer state to resume from")
-    return weights, trainer
-
-
-def resume_run(
+def _resumed(
     setup: TrainingSetup, weights: dict[str, torch.Tensor], trainer: dict[str, Any]
 ) -> RunState:
-    """Load the saved run into ``setup`` (weights, optimiser, scheduler, RNG) and return where it
-    stood; refuses a run of another architecture, variant, data, size or classes, or one that
-    already trained ``config.epochs`` epochs (or, distributed, with another number of processes;
-    each rank restores its own RNG states)."""
-    config, resume = setup.config, Path(setup.config.resume)
-    setup.dist.check_resume(trainer, resume)
-    saved, current = trainer["run"], run_identity(setup)
-    for key, value in current.items():
-        if saved.get(key) != value:
-            raise SegdeployError(
-                f"{resume} was trained with {key} {saved.get(key)!r}, not {value!r}; resume it "
-                "with the same arch, variant, data, img_size and classes"
-            )
-    if trainer["epoch"] >= config.epochs:
-        raise SegdeployError(
-            f"{resume} already trained {trainer['epoch']} of --epochs {config.epochs}; pass a "
-            "larger --epochs to train on"
-        )
-    setup.model.load_state_dict(weights)
-    setup.optimizer.load_state_dict(trainer["optimizer"])
-    setup.scheduler.load_state_dict(trainer["scheduler"])
-    restore_rng(setup.dist.own_rng(trainer), setup.train_loader.generator)
-    history = [EpochRecord(**record) for record in trainer["history"]]
-    run = RunState(setup.card, trainer["epoch"], trainer["best_metric"], trainer["best_epoch"])
-    run.history = history
+    """The saved run put back into ``setup`` (:func:`~segdeploy.train.resume.resume_run`), its
+    card given the best epoch's record, and that epoch's weights in ``setup.out``."""
+    run = resume_run(setup, weights, trainer)
     if run.best_epoch:
-        run.card = setup.card.replace(training=training_record(setup, history[run.best_epoch - 1]))
+        best = run.history[run.best_epoch - 1]
+        run.card = setup.card.replace(training=training_record(setup, best))
         # The output holds the best epoch even if no later epoch beats it (resumed into another
         # file), with this run's card (a larger --epochs).
         if setup.dist.is_main:
-            best_weights = read_checkpoint(_resume_paths(resume)[0])[1]
+            best_weights = read_checkpoint(resume_paths(setup.config.resume)[0])[1]
             save_weights(best_weights, run.card, setup.out)
     return run
 
@@ -658,8 +451,8 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     :mod:`segdeploy.train.distributed`).
 
     Raises:
-        SegdeployError: see :func:`prepare_training`, :func:`check_output`,
-            :func:`read_resume`, :func:`resume_run` and
+        SegdeployError: see :func:`prepare_training`, and :mod:`segdeploy.train.resume`'s
+            :func:`~segdeploy.train.resume.check_output`, ``read_resume`` and ``resume_run``, and
             :func:`~segdeploy.train.distributed.init_distributed`.
         KeyboardInterrupt: Ctrl-C; the files of the last finished epoch stay whole.
     """
@@ -679,7 +472,7 @@ def _train(
     check_output(config)
     resumed = read_resume(config) if config.resume is not None else None
     setup = prepare_training(config, dist)
-    run = resume_run(setup, *resumed) if resumed else RunState(setup.card)
+    run = _resumed(setup, *resumed) if resumed else RunState(setup.card)
     started = time.perf_counter()
     progress.data_ready([*setup.data_summary.lines(), *setup.plan.lines()])
     progress.run_started(setup.config.epochs, len(setup.train_loader))

@@ -7,13 +7,22 @@ epochs its own way by overriding the methods it needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-if TYPE_CHECKING:
-    from segdeploy.train.loop import EpochRecord
+
+@dataclass
+class EpochRecord:
+    """One epoch: mean training loss, validation metric (and all its details), wall time."""
+
+    epoch: int
+    train_loss: float
+    metric: float
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainProgress:

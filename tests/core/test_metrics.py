@@ -144,3 +144,28 @@ def test_metrics_module_does_not_import_torch() -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)
+
+
+def test_class_255_of_a_300_class_classifier_is_scored() -> None:
+    # 255 is the segmentation ignore label, but class 255 of a 300-class classifier is a class.
+    from segdeploy.core.metrics import confusion_of_pairs, score_predictions
+
+    labels = [0, 255, 255, 299, 17, 255, 5]
+    predictions = [0, 255, 12, 299, 18, 255, 5]
+    score = score_predictions(zip(predictions, labels, strict=True), "classification", 300)
+    assert score.images == 7
+    assert score.metric == pytest.approx(5 / 7)  # 3 / 4 when the 255s were dropped
+    assert score.per_class[255] == pytest.approx(2 / 3)
+    matrix, _ = confusion_of_pairs(
+        zip(predictions, labels, strict=True), 300, task="classification"
+    )
+    assert matrix.sum() == 7 and matrix[255, 255] == 2 and matrix[255, 12] == 1
+
+
+def test_segmentation_still_ignores_255_and_the_rule_is_per_task() -> None:
+    from segdeploy.core.metrics import ignore_label, score_predictions
+
+    assert ignore_label("segmentation") == IGNORE_INDEX and ignore_label("classification") is None
+    pairs = [(np.array([[0, 1, 1]]), np.array([[0, 1, IGNORE_INDEX]]))]
+    score = score_predictions(pairs, "segmentation", 2)
+    assert score.details["pixel_accuracy"] == 1.0  # the ignored pixel is not counted

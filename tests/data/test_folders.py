@@ -156,3 +156,25 @@ def test_split_indices_is_a_seeded_partition() -> None:
     assert len(split_indices(3, 0.01, seed=0)[1]) == 1  # at least one held out
     with pytest.raises(DataError, match="at least 2 samples"):
         split_indices(1, 0.5, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("line", "found"),
+    [
+        ("background d0 d1 d2", "looks like 4 names on one line"),
+        ("background,road,car", "looks like 3 names on one line"),
+        ("background", "found one line, 'background'"),
+    ],
+)
+def test_classes_txt_of_one_line_is_one_sentence_not_one_class(tmp_path, line, found) -> None:
+    # Masks hold labels 0..3; read as one class "background d0 d1 d2" the user used to read
+    # "expected labels in 0..0" about a mask instead of what is wrong: classes.txt.
+    from segdeploy.data.folders import folder_layout
+
+    root = _gradient_folder(tmp_path / "seg", 3)
+    (root / "classes.txt").write_text(line + "\n")
+    with pytest.raises(DataError) as caught:
+        folder_layout(root, "segmentation", None)
+    message = str(caught.value)
+    assert message.startswith(f"{root / 'classes.txt'}: expected one class name per line")
+    assert found in message and "0..0" not in message and message.count(". ") == 0

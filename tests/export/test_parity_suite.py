@@ -110,3 +110,31 @@ def test_a_wrong_graph_is_caught_in_every_layer(tiny_export):
 
     report = check_parity(graph, model, card, [(1, 30, 32)], ["cpu"])
     assert "multiples of 16" in report.structural_failures[0]
+
+
+def test_cuda_is_refused_in_one_sentence_where_ort_cannot_list_node_placement(
+    tiny_export, monkeypatch
+):
+    # Before 1.23 ONNX Runtime had no node assignment listing: "no compute node on the CPU"
+    # would hold for every graph, so the CUDA case must fail rather than pass unchecked.
+    import onnxruntime as ort
+
+    from segdeploy.export import parity_gate
+
+    arch, model, card, graph, _ = tiny_export
+    if arch != "unet":
+        pytest.skip("one architecture is enough")
+    api = parity_gate.ASSIGNMENT_API
+    owner = next(c for c in ort.InferenceSession.__mro__ if api in vars(c))
+    monkeypatch.delattr(owner, api)
+    monkeypatch.setattr(ort, "__version__", "1.22.0")
+    report = check_parity(graph, model, card, [(1, 32, 32)], ["cuda", "cpu"])
+    assert not report.passed and [c.provider for c in report.cases] == ["cpu"]
+    assert report.structural_failures == [
+        "cuda: onnxruntime 1.22.0 cannot list which nodes run on the CPU (its InferenceSession "
+        "has no get_provider_graph_assignment_info, new in 1.23), so a CUDA result could be "
+        "partly the CPU's; install onnxruntime-gpu>=1.23, or gate on the cpu provider"
+    ]
+    assert parity_gate.placement_unknown() is not None
+    monkeypatch.undo()
+    assert parity_gate.placement_unknown() is None  # this ONNX Runtime lists placement

@@ -112,3 +112,103 @@ def test_batched_classifier_rows_match_predict(resnet_onnx, tmp_path):
         label, probabilities = model.predict(path)
         assert row.split(",")[1] == label
         np.testing.assert_allclose([float(v) for v in row.split(",")[2:]], probabilities, atol=1e-6)
+
+
+def test_an_unexpected_error_of_one_file_skips_that_file_alone(
+    unet_onnx, photos, tmp_path, monkeypatch
+):
+    # An exotic Pillow mode failing to convert while reading b.jpg, and any bug while writing
+    # nested/c.png's mask: each is one sentence for its file; a.png is still written.
+    from segdeploy.runtime import files, postprocess
+
+    real_load, real_save = files.load_image, postprocess.save_mask_png
+
+    def load(path, channels=3):
+        if Path(path).name == "b.jpg":
+            raise ValueError("conversion from I;16S to RGB not supported\nmore detail")
+        return real_load(path, channels)
+
+    def save(mask, colours, path):
+        if Path(path).name.startswith(".c.png"):
+            raise KeyError("palette")
+        return real_save(mask, colours, path)
+
+    monkeypatch.setattr(files, "load_image", load)
+    monkeypatch.setattr(postprocess, "save_mask_png", save)
+    paths = collect_images([photos])
+    reported = []
+    summary = predict_files(
+        open_model(unet_onnx, provider="cpu"),
+        paths,
+        tmp_path / "out",
+        batch_size=2,
+        progress_callback=lambda path, error: reported.append((path.name, error)),
+    )
+    assert summary.images == 1 and summary.outputs == [tmp_path / "out" / "a.png"]
+    failures = dict((path.name, reason) for path, reason in summary.failed)
+    assert failures == {
+        "b.jpg": f"image {photos / 'b.jpg'}: expected to read it, found ValueError: "
+        "conversion from I;16S to RGB not supported",
+        "c.png": f"image {photos / 'nested' / 'c.png'}: expected to predict and write it, "
+        "found KeyError: 'palette'",
+    }
+    assert sorted(name for name, _ in reported) == ["a.png", "b.jpg", "c.png"]
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["a.png", "nested"]
+
+
+def test_a_cli_run_with_an_unexpected_error_exits_non_zero_without_a_traceback(
+    unet_onnx, photos, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from segdeploy.cli import app
+    from segdeploy.runtime import files
+
+    real_load = files.load_image
+    monkeypatch.setattr(
+        files,
+        "load_image",
+        lambda path, channels=3: (
+            (_ for _ in ()).throw(RuntimeError("boom"))
+            if Path(path).name == "a.png"
+            else real_load(path, channels)
+        ),
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", str(unet_onnx), str(photos), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "expected to read it, found RuntimeError: boom" in result.output
+    assert sorted(p.name for p in out.rglob("*.png")) == ["b.png", "c.png"]
+
+
+@pytest.mark.parametrize("task", ["segmentation", "classification"])
+def test_an_output_disk_that_takes_no_more_stops_the_run_in_one_sentence(
+    unet_onnx, resnet_onnx, photos, tmp_path, task
+):
+    # RLIMIT_FSIZE makes every write past 64 bytes fail with EFBIG, as a full disk fails with
+    # ENOSPC: the run stops at the first file instead of skipping every remaining one.
+    import os
+    import subprocess
+    import sys
+
+    model = unet_onnx if task == "segmentation" else resnet_onnx
+    out = tmp_path / "out"
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)); "
+        "from segdeploy.cli import main; sys.argv[0] = 'segdeploy'; main()"
+    )
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "250"}
+    ran = subprocess.run(
+        [sys.executable, "-c", code, "predict", str(model), str(photos), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    output = ran.stdout + ran.stderr
+    assert ran.returncode == 1, output
+    assert "Traceback" not in output
+    what = "predictions.csv" if task == "classification" else f"the masks of {photos / 'a.png'}"
+    assert f"output folder {out}: expected room to write {what}, found File too large" in output
+    assert "(errno EFBIG); stopped after 0 images" in " ".join(output.split())
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no half-written file left

@@ -144,3 +144,83 @@ def test_unknown_engine_is_refused(unet_onnx, photos, tmp_path):
     args = ["--out", str(tmp_path / "out"), "--engine", "spark"]
     result = runner_invoke(["predict", str(unet_onnx), str(photos), *args])
     assert result.exit_code != 0 and "spark" in result.output
+
+
+class _ElsewhereRay:
+    """A stand-in for Ray whose "workers" run in another folder, as on another node of a
+    cluster: the actor is built and called in-process after ``chdir(elsewhere)``."""
+
+    def __init__(self, elsewhere: Path):
+        self.elsewhere = elsewhere
+        self.data = self
+
+    def from_items(self, items):
+        self.items = items
+        return self
+
+    def map_batches(self, actor, fn_constructor_args, batch_size, **_):
+        self.actor, self.args, self.batch_size = actor, fn_constructor_args, batch_size
+        return self
+
+    def iter_rows(self):
+        import os
+
+        here = os.getcwd()
+        os.chdir(self.elsewhere)
+        try:
+            worker = self.actor(*self.args)
+            for start in range(0, len(self.items), self.batch_size):
+                chunk = self.items[start : start + self.batch_size]
+                batch = {key: np.array([item[key] for item in chunk]) for key in chunk[0]}
+                out = worker(batch)
+                yield from ({key: out[key][i] for key in out} for i in range(len(chunk)))
+        finally:
+            os.chdir(here)
+
+
+@pytest.mark.parametrize("classifier", [False, True])
+def test_workers_in_another_folder_get_absolute_paths(
+    ray, monkeypatch, unet_onnx, resnet_onnx, photos, tmp_path, classifier
+):
+    from segdeploy.runtime import ray_engine
+
+    (tmp_path / "elsewhere").mkdir()
+    fake = _ElsewhereRay(tmp_path / "elsewhere")
+    monkeypatch.setattr(ray_engine, "start_ray", lambda workers: (fake, False))
+    model = Path(resnet_onnx if classifier else unet_onnx)
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / model.name).write_bytes(model.read_bytes())
+    monkeypatch.chdir(tmp_path / "job")
+    (Path("photos")).symlink_to(photos)
+    paths = collect_images([Path("photos")])  # relative, as a user types them
+    summary = predict_files_ray(model.name, paths, "out", provider="cpu")
+    local = predict_files(open_model(model.name, provider="cpu"), paths, "local")
+    assert summary.failed == local.failed == [] and summary.images == len(paths) == 3
+    assert not list((tmp_path / "elsewhere").rglob("*"))  # nothing written where workers run
+    assert summary.outputs == [Path("out") / p.relative_to("local") for p in local.outputs]
+    assert _files(Path("out")) == _files(Path("local"))  # the CSV names the inputs as given
+    assert all(Path(item["path"]).is_absolute() for item in fake.items)
+    assert Path(fake.args[0]).is_absolute() and Path(fake.args[3]).is_absolute()
+
+
+def test_an_unexpected_error_of_one_file_skips_it_on_ray_too(
+    ray, monkeypatch, unet_onnx, photos, tmp_path
+):
+    from segdeploy.runtime import ray_engine
+
+    fake = _ElsewhereRay(tmp_path)
+    monkeypatch.setattr(ray_engine, "start_ray", lambda workers: (fake, False))
+    real_load = ray_engine.load_image
+
+    def load(path, channels=3):
+        if Path(path).name == "b.jpg":
+            raise ValueError("conversion from I;16S to RGB not supported")
+        return real_load(path, channels)
+
+    monkeypatch.setattr(ray_engine, "load_image", load)
+    paths = collect_images([photos])
+    summary = predict_files_ray(unet_onnx, paths, tmp_path / "out", provider="cpu")
+    assert summary.images == 2 and [p.name for p, _ in summary.failed] == ["b.jpg"]
+    assert summary.failed[0][1].endswith(
+        "expected to read it, found ValueError: conversion from I;16S to RGB not supported"
+    )

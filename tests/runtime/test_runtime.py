@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from segdeploy.core.errors import DataError, ProviderUnavailableError, SegdeployError
+from segdeploy.core.preprocess import normalise
 from segdeploy.runtime import ClassificationModel, SegmentationModel, load_image, open_model
 from segdeploy.runtime.postprocess import colorize, overlay, palette, save_mask_png, softmax
-from segdeploy.runtime.preprocess import to_model_input
 from segdeploy.runtime.session import (
     SessionOptions,
     cpu_placed_nodes,
@@ -63,7 +63,8 @@ def test_mask_matches_pytorch_argmax_at_odd_sizes(unet, tiny_checkpoints, size):
 
     torch_model, card = load_checkpoint(tiny_checkpoints["unet"])
     image = random_image(*size, seed=size[0])
-    batch, _ = to_model_input([image], card.mean, card.std)
+    padded = card.input.to_model_pixels(image, card.size_multiple)[None]  # reflect, to 16
+    batch = normalise(padded, card.mean, card.std)
     assert batch.shape[2] % 16 == 0 and batch.shape[3] % 16 == 0
     with torch.no_grad():
         reference = torch_model(torch.from_numpy(batch))[0, :, : size[0], : size[1]]
@@ -79,13 +80,13 @@ def test_mask_matches_pytorch_argmax_at_odd_sizes(unet, tiny_checkpoints, size):
     np.testing.assert_allclose(logits, reference.numpy(), atol=1e-3, rtol=1e-3)
 
 
-def test_model_input_is_reflect_padded_then_normalised():
+def test_model_input_is_reflect_padded_then_normalised(unet):
+    # The input contract's 'pad' (the one implementation training validation uses too).
     image = random_image(5, 7)
-    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    batch, sizes = to_model_input([image, random_image(17, 3)], mean, std, multiple=16)
-    assert batch.shape == (2, 3, 32, 16) and batch.dtype == np.float32
-    assert sizes == [(5, 7), (17, 3)]
-    padded = np.pad(image, ((0, 27), (0, 9), (0, 0)), mode="reflect").astype(np.float64)
+    ((indices, batch),) = unet.prepare([image]).inputs
+    assert indices == [0] and batch.shape == (1, 3, 16, 16) and batch.dtype == np.float32
+    padded = np.pad(image, ((0, 11), (0, 9), (0, 0)), mode="reflect").astype(np.float64)
+    mean, std = unet.card.mean, unet.card.std
     expected = ((padded / 255 - mean) / std).transpose(2, 0, 1)
     np.testing.assert_allclose(batch[0], expected, atol=1e-5)
 

@@ -186,3 +186,114 @@ def test_a_classifier_is_scored_by_accuracy_and_recall(tiny_checkpoints, resnet_
     assert pt.score.images == onnx.score.images == 4
     assert len(pt.score.per_class) == 4 and pt.score.details == {}
     assert onnx.score.metric == pt.score.metric  # same labels from both engines
+
+
+@pytest.mark.parametrize(
+    ("provider", "device"),
+    [("cpu", "cpu"), ("openvino", "cpu"), ("cuda", "cuda"), ("auto", "cuda")],
+)
+def test_a_checkpoint_runs_on_the_device_of_the_provider(
+    monkeypatch, tiny_checkpoints, provider, device
+):
+    # On a CUDA machine `--provider openvino` compares CPU engines: the .pt runs on the CPU too.
+    import torch
+
+    from segdeploy.tools import evaluate
+    from segdeploy.train.inference import TorchPredictor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked = []
+    build = TorchPredictor.from_checkpoint.__func__
+
+    def record(cls, path, device="cpu"):
+        asked.append(device)
+        return build(cls, path, "cpu")  # this machine may have no CUDA: build it on the CPU
+
+    monkeypatch.setattr(TorchPredictor, "from_checkpoint", classmethod(record))
+    opened = evaluate._open_checkpoint(Path(tiny_checkpoints["unet"]), provider)
+    assert asked == [device] and opened.provider == device
+
+
+def test_a_checkpoint_is_measured_with_tf32_off_and_the_switches_put_back(tiny_checkpoints):
+    import numpy as np
+    import torch
+
+    from segdeploy.train.inference import TorchPredictor
+
+    predictor = TorchPredictor.from_checkpoint(tiny_checkpoints["unet"])
+    seen = []
+    switches = torch.backends.cudnn, torch.backends.cuda.matmul
+    predictor.model.register_forward_pre_hook(
+        lambda module, args: seen.append(tuple(s.allow_tf32 for s in switches))
+    )
+    saved = tuple(s.allow_tf32 for s in switches)
+    try:
+        for switch in switches:
+            switch.allow_tf32 = True  # PyTorch's cuDNN default
+        predictor.predict(np.zeros((16, 16, 3), np.uint8))
+        assert seen == [(False, False)]
+        assert all(s.allow_tf32 for s in switches)  # training's own setting is left alone
+    finally:
+        for switch, value in zip(switches, saved, strict=True):
+            switch.allow_tf32 = value
+
+
+@pytest.fixture(scope="module")
+def seed3_model(tmp_path_factory):
+    """A tiny U-Net trained with --seed 3 on a texture folder without train/ + val/."""
+    from real_pixels import write_texture_segmentation
+
+    from segdeploy.train import train
+    from segdeploy.train.config import TrainConfig
+
+    folder = tmp_path_factory.mktemp("seed3")
+    data = write_texture_segmentation(folder / "data", train=15, val=0, split=False)
+    config = TrainConfig(
+        arch="unet",
+        variant="tiny",
+        data=str(data),
+        epochs=1,
+        img_size=32,
+        batch_size=8,
+        seed=3,
+        out=folder / "seed3.pt",
+    )
+    return train(config), data
+
+
+def test_an_unsplit_folder_is_scored_on_the_images_the_cards_seed_held_out(seed3_model, tmp_path):
+    # Seed 0's split of 15 images would put most of seed 3's held-out images in training.
+    from segdeploy.data.folders import split_indices
+    from segdeploy.data.samples import labelled_images
+
+    result, data = seed3_model
+    report = evaluate_models([result.checkpoint], str(data))
+    assert report.seed == 3 and report.seed_from == "card"
+    held_out = labelled_images(result.card, str(data), "val", None, 3)
+    assert report.image_names == [item.name for item in held_out]
+    trained_on = {item.name for item in labelled_images(result.card, str(data), "train", None, 3)}
+    assert not trained_on & set(report.image_names)
+    assert split_indices(15, 0.2, 0)[1] != split_indices(15, 0.2, 3)[1]
+    # The .pt is scored exactly as training validation scored it.
+    validation = result.card.training["validation"]
+    assert report.models[0].score.metric == pytest.approx(validation["miou"], abs=1e-9)
+    data_json = json.loads(write_evaluate_report(report, tmp_path / "r.json").read_text())["data"]
+    assert (data_json["seed"], data_json["seed_from"]) == (3, "card")
+    assert "(seed 3, from the card)" in report.description
+    given = evaluate_models([result.checkpoint], str(data), seed=0)
+    assert (given.seed, given.seed_from) == (
+        0,
+        "option",
+    ) and given.image_names != report.image_names
+
+
+def test_models_trained_with_other_seeds_need_one_seed(tiny_checkpoints, tmp_path):
+    from segdeploy.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, card = load_checkpoint(tiny_checkpoints["unet"])
+    other = save_checkpoint(model, card.replace(training={"seed": 3}), tmp_path / "seed3.pt")
+    with pytest.raises(SegdeployError, match=r"unet\.pt seed 0, seed3\.pt seed 3") as caught:
+        evaluate_models([tiny_checkpoints["unet"], other], "synthetic", count=2)
+    assert "pass --seed" in str(caught.value) and "\n" not in str(caught.value)
+    report = evaluate_models([tiny_checkpoints["unet"], other], "synthetic", count=2, seed=3)
+    assert report.seed == 3 and report.image_names == ["synthetic:10003:0", "synthetic:10003:1"]

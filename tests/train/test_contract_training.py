@@ -32,11 +32,9 @@ def _train(tmp_path: Path, arch: str, data: str, img_size: int, **extra):
         arch=arch,
         data=data,
         variant="tiny" if arch == "unet" else None,
-        epochs=1,
-        batch_size=8,
         img_size=img_size,
         out=tmp_path / f"{arch}.pt",
-        **extra,
+        **{"epochs": 1, "batch_size": 8, **extra},
     )
     return train(config)
 
@@ -162,3 +160,65 @@ def test_classifier_card_is_fixed_and_ignores_padding(tmp_path, face_set):
     score = score_predictions(pairs, "classification", 2)
     assert abs(result.best_metric - score.metric) <= 1e-9
     assert result.card.training["validation"]["images"] == len(items)
+
+
+# ---------------------------------------------------------------------------------------------
+# A photograph over the tiling threshold: validated, evaluated and served as the same windows
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def phone_photo_run(tmp_path_factory):
+    """A tiny U-Net trained on small texture scenes and validated on one 2049 x 2071 real-pixel
+    photograph (odd sides, 4.24 MP: over the runtime's 2048² tiling threshold)."""
+    pytest.importorskip("skimage")
+    from real_pixels import _save_pair, _textures, texture_scene, write_texture_segmentation
+
+    folder = tmp_path_factory.mktemp("phone_photo")
+    data = write_texture_segmentation(folder / "data", train=24, val=0)
+    height, width = 2049, 2071
+    textures = [np.pad(t, ((0, height), (0, width), (0, 0)), mode="reflect") for t in _textures()]
+    image, mask = texture_scene(4, height, width, textures, seed=11)  # all 4 classes show
+    _save_pair(data / "val", "phone", image, mask, 0)
+    # 2 epochs of 6 steps (the texture recipe): masks that are not one class everywhere.
+    return _train(folder, "unet", str(data), 64, epochs=2, batch_size=4, lr=5e-3), data
+
+
+@pytest.mark.slow  # 2 epochs validating a 4.2 MP photo, and its export: 90-200 s on 2 shared cores
+def test_validation_of_a_photo_over_the_tiling_threshold_is_what_predict_gets(
+    phone_photo_run, tmp_path
+):
+    from segdeploy.export import export_checkpoint
+    from segdeploy.runtime import open_model, tiling
+
+    result, data = phone_photo_run
+    (item,) = labelled_images(result.card, str(data), "val")
+    assert item.pixels.shape[:2] == (2049, 2071)
+    grid = tiling.card_grid(result.card, 2049, 2071)
+    assert grid is not None and grid.windows == 25  # 512-pixel windows, 5 x 5
+
+    def score(mask):
+        return score_predictions([(mask, item.label)], "segmentation", 4)
+
+    # The runtime's windows and blending over the checkpoint's own window logits:
+    predictor = TorchPredictor.from_checkpoint(result.checkpoint)
+    window_logits = lambda window: predictor.logits(window, max_pixels=None)  # noqa: E731
+    tiled = tiling.tiled_mask(item.pixels, window_logits, 4, grid)
+    validation = result.card.training["validation"]
+    assert abs(validation["miou"] - score(tiled).metric) <= 1e-9
+    np.testing.assert_allclose(validation["per_class_iou"], score(tiled).per_class, atol=1e-9)
+    whole = predictor.predict(item.pixels, max_pixels=None)
+    print(f"tiled vs whole: {(whole != tiled).mean():.5f} of pixels differ")
+    assert (whole != tiled).any()  # so validating the whole image would report another number
+
+    # ...and the export, through the runtime's predict, gets that mIoU.
+    onnx_path = tmp_path / "unet.onnx"
+    export_checkpoint(result.checkpoint, out=onnx_path, shapes=[(1, 32, 32)], providers=["cpu"])
+    served = open_model(onnx_path, provider="cpu").predict(item.pixels)
+    print(
+        f"served vs tiled: {(served == tiled).mean():.6f} agree, mIoU "
+        f"{score(served).metric:.9f} vs validation {validation['miou']:.9f}"
+    )
+    assert (served == tiled).mean() >= 0.9999
+    # (validating the whole image instead reported 6.8e-6 more than predict gets)
+    assert abs(score(served).metric - validation["miou"]) <= 1e-6

@@ -237,7 +237,7 @@ def test_summed_shard_confusions_score_as_the_whole_set():
     ]
     pairs = [(rng.integers(0, 3, size=label.shape), label) for label in labels]
     whole = score_predictions(pairs, "segmentation", 3)
-    shards = [confusion_of_pairs(pairs[r::2], 3) for r in range(2)]
+    shards = [confusion_of_pairs(pairs[r::2], 3, task="segmentation") for r in range(2)]
     summed = score_confusion(shards[0][0] + shards[1][0], "segmentation", len(pairs))
     assert summed == whole and summed.images == len(pairs)
     per_shard = [score_confusion(m, "segmentation", n).metric for m, n in shards]

@@ -124,6 +124,9 @@ def test_an_output_onto_the_pretrained_weights_is_refused_even_with_force(tmp_pa
         ({"variant": "small"}, r"was trained with variant 'tiny', not 'small'; resume it with"),
         ({"img_size": 64}, r"was trained with img_size 32, not 64"),
         ({"epochs": 3}, r"already trained 3 of --epochs 3; pass a larger --epochs"),
+        # Another seed would draw other validation scenes (an unsplit folder: other held-out
+        # images), so later epochs would validate on what earlier ones trained on.
+        ({"seed": 3, "epochs": 4}, r"was trained with seed 0, not 3; .* \(--seed 0\)$"),
     ],
 )
 def test_resume_of_another_run_is_one_sentence(straight, tmp_path, change, message):
@@ -142,3 +145,13 @@ def test_resume_needs_a_trainer_state(tiny_checkpoints, tmp_path):
 def test_out_may_not_take_a_state_file_name(tmp_path):
     with pytest.raises(SegdeployError, match=r"--out must not end in \.last\.pt"):
         train(replace(BASE, out=tmp_path / "run.last.pt"))
+
+
+def test_a_state_file_from_before_the_seed_was_recorded_still_resumes(straight, tmp_path):
+    old = tmp_path / "old.last.pt"
+    payload = torch.load(state_path(straight[1]), weights_only=True)
+    del payload["trainer"]["run"]["seed"]  # what an older segdeploy wrote
+    torch.save(payload, old)
+    (tmp_path / "old.pt").write_bytes(straight[1].read_bytes())
+    resumed = train(replace(BASE, out=tmp_path / "more.pt", resume=old, epochs=4))
+    assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
