@@ -26,6 +26,22 @@ from PIL import Image, UnidentifiedImageError
 
 from segdeploy.core.errors import DataError, SegdeployError
 
+#: Image file extensions (lower case) segdeploy reads from folders, for training data and for
+#: ``predict`` alike: the formats Pillow decodes (GIF's first frame, the netpbm family included).
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+)
+
 #: What :func:`load_image` accepts.
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
 

@@ -24,13 +24,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from segdeploy.core.errors import DataError
-from segdeploy.core.images import load_image
+from segdeploy.core.images import IMAGE_EXTENSIONS, load_image
 from segdeploy.core.metrics import IGNORE_INDEX
 from segdeploy.core.preprocess import SIZE_MULTIPLE
 from segdeploy.data.checks import check_size
 from segdeploy.data.summary import SplitSummary, classification_split, segmentation_split
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS = (".png",)
 #: Share of an unsplit data folder held out for validation.
 DEFAULT_VAL_FRACTION = 0.2

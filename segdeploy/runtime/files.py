@@ -24,7 +24,7 @@ import numpy as np
 
 from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.fileio import atomic_write
-from segdeploy.core.images import load_image
+from segdeploy.core.images import IMAGE_EXTENSIONS, load_image
 from segdeploy.runtime import postprocess
 from segdeploy.runtime.model import (
     ClassificationModel,
@@ -34,10 +34,6 @@ from segdeploy.runtime.model import (
 )
 from segdeploy.runtime.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP
 
-#: File extensions (lower case) that :func:`collect_images` picks up in folders.
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
 CSV_NAME = "predictions.csv"
 #: Images per session call unless told otherwise.
 DEFAULT_BATCH_SIZE = 1
