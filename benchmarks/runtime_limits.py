@@ -15,9 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+# The probe model comes from segdeploy's torch-free core; the --here run in the scratch venv finds
+# it through PYTHONPATH.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from segdeploy.core.onnx_header import identity_model  # noqa: E402
 
 VERSIONS = (
     "1.15.1,1.16.3,1.17.3,1.18.1,1.19.2,1.20.1,1.21.1,1.22.1,1.23.2,1.24.4,1.25.1,1.26.0,"
@@ -25,34 +32,10 @@ VERSIONS = (
 )
 
 
-def model(ir: int, opset: int) -> bytes:
-    """ModelProto{ir_version, graph{Identity x -> y}, opset_import{version}}, serialized."""
-
-    def varint(value: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte, value = value & 0x7F, value >> 7
-            out.append(byte | (0x80 if value else 0))
-            if not value:
-                return bytes(out)
-
-    def field(number: int, payload: bytes) -> bytes:
-        return bytes([number << 3 | 2]) + varint(len(payload)) + payload
-
-    def value_info(name: bytes) -> bytes:
-        tensor_type = b"\x08\x01" + field(2, field(1, b"\x08\x01"))  # FLOAT, shape [1]
-        return field(1, name) + field(2, field(1, tensor_type))
-
-    node = field(1, b"x") + field(2, b"y") + field(4, b"Identity")
-    graph = field(1, node) + field(2, b"probe") + field(11, value_info(b"x"))
-    graph += field(12, value_info(b"y"))
-    return b"\x08" + varint(ir) + field(7, graph) + field(8, b"\x10" + varint(opset))
-
-
 def probe(loads) -> dict:
     """``loads(model_bytes) -> bool`` for one runtime: its highest IR version and opset."""
-    max_ir = max(ir for ir in range(3, 14) if loads(model(ir, 13)))
-    max_opset = max(op for op in range(13, 30) if loads(model(max_ir, op)))
+    max_ir = max(ir for ir in range(3, 14) if loads(identity_model(ir, 13)))
+    max_opset = max(op for op in range(13, 30) if loads(identity_model(max_ir, op)))
     return {"max_ir": max_ir, "max_opset": max_opset}
 
 
@@ -108,7 +91,11 @@ def main() -> None:
             print(json.dumps({"version": version, "error": "install failed"}), flush=True)
             continue
         done = subprocess.run(
-            [str(python), __file__, "--here"], capture_output=True, text=True, check=False
+            [str(python), __file__, "--here"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         line = done.stdout.strip() or json.dumps({"version": version, "error": "probe failed"})
         print(line, flush=True)

@@ -199,3 +199,35 @@ def _varint(view: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise ValueError("malformed varint")
+
+
+def identity_model(ir_version: int = 8, opset: int = 13) -> bytes:
+    """A serialized one-node ONNX model (Identity on a float vector), written without onnx: the
+    runtime probes providers with it, and ``benchmarks/runtime_limits.py`` probes what IR version
+    and opset a runtime opens.
+
+    ModelProto{ir_version, graph{node{Identity x->y}, name, input x, output y},
+    opset_import{version}}.
+    """
+
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | 2]) + _write_varint(len(payload)) + payload
+
+    def value_info(name: bytes) -> bytes:
+        tensor_type = b"\x08\x01" + field(2, field(1, b"\x08\x01"))  # FLOAT, shape [1]
+        return field(1, name) + field(2, field(1, tensor_type))
+
+    node = field(1, b"x") + field(2, b"y") + field(4, b"Identity")
+    graph = field(1, node) + field(2, b"probe") + field(11, value_info(b"x"))
+    graph += field(12, value_info(b"y"))
+    opset_import = field(8, b"\x10" + _write_varint(opset))
+    return b"\x08" + _write_varint(ir_version) + field(7, graph) + opset_import
+
+
+def _write_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

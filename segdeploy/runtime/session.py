@@ -27,7 +27,7 @@ from pathlib import Path
 
 from segdeploy.core.artifacts import PRECISION_KEY
 from segdeploy.core.errors import ProviderUnavailableError, SegdeployError
-from segdeploy.core.onnx_header import read_header
+from segdeploy.core.onnx_header import identity_model, read_header
 from segdeploy.core.targets import read_record, refusal
 from segdeploy.runtime.engine import ort
 from segdeploy.runtime.openvino_session import (
@@ -311,37 +311,9 @@ def _usable_ort_providers() -> list[str]:
     found = ["cpu"]
     if PROVIDER_NAMES["cuda"] in ort.get_available_providers():
         try:
-            probe = create_session(_identity_model(), SessionOptions(provider="auto"))
+            probe = create_session(identity_model(), SessionOptions(provider="auto"))
         except SegdeployError:
             return found
         if session_provider(probe) == "cuda":
             found.append("cuda")
     return found
-
-
-def _identity_model() -> bytes:
-    """A serialized one-node ONNX model (Identity on a float vector), built without onnx."""
-
-    # Hand-written protobuf keeps the runtime free of the onnx package: ModelProto{ir_version=8,
-    # opset_import{version=13}, graph{node{Identity x->y}, name, input x, output y}}.
-    def field(number: int, payload: bytes) -> bytes:
-        return bytes([number << 3 | 2]) + _varint(len(payload)) + payload
-
-    def value_info(name: bytes) -> bytes:
-        tensor_type = b"\x08\x01" + field(2, field(1, b"\x08\x01"))  # FLOAT, shape [1]
-        return field(1, name) + field(2, field(1, tensor_type))
-
-    node = field(1, b"x") + field(2, b"y") + field(4, b"Identity")
-    graph = field(1, node) + field(2, b"probe") + field(11, value_info(b"x"))
-    graph += field(12, value_info(b"y"))
-    return b"\x08\x08" + field(7, graph) + field(8, b"\x10\x0d")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)

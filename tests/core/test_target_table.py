@@ -120,3 +120,15 @@ def test_header_reader_refuses_garbage(tmp_path):
         read_header(path)
     with pytest.raises(SegdeployError, match="does not exist"):
         read_header(tmp_path / "none.onnx")
+
+
+def test_the_probe_model_opens_in_onnxruntime_at_the_ir_and_opset_asked():
+    import onnxruntime as ort
+
+    from segdeploy.core.onnx_header import identity_model, read_header
+
+    data = identity_model(9, 17)
+    header = read_header(data)
+    assert (header.ir_version, header.opsets[""]) == (9, 17)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x"]
