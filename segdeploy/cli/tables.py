@@ -83,7 +83,9 @@ def print_parity_table(report) -> None:
 
 
 def print_bench_table(cases, env: dict[str, Any]) -> None:
-    """The results table, the operator-profile table when profiled, and the peaks' notes."""
+    """The results table, the operator-profile table when profiled, the peaks' notes and, for
+    INT8 on an x86 CPU without VNNI, the sentence saying it is mostly a size win there."""
+    from segdeploy.tools.bench import int8_without_vnni_note
     from segdeploy.tools.timing import PEAK_KEYS
 
     fp32_peak = env.get(PEAK_KEYS["fp32"])
@@ -100,6 +102,9 @@ def print_bench_table(cases, env: dict[str, Any]) -> None:
             f"so INT8 can gain at most about {int8_peak / fp32_peak:.1f}x over FP32 on this CPU; "
             "int8 rows' % peak is of this one"
         )
+    note = int8_without_vnni_note(cases, env)
+    if note:
+        console.print(note)
 
 
 def _bench_results_table(cases, env: dict[str, Any]) -> Table:
@@ -109,6 +114,8 @@ def _bench_results_table(cases, env: dict[str, Any]) -> Table:
     table = Table(
         title=f"segdeploy bench on {env['provider']} ({env['cpu']}, {env['cpu_count']} cores)",
         title_justify="left",
+        caption=_cpu_caption(env),
+        caption_justify="left",
     )
     # Optional columns only when a case uses them: the table must fit a 140-column terminal.
     bound = any(c.io_binding for c in cases)
@@ -118,7 +125,7 @@ def _bench_results_table(cases, env: dict[str, Any]) -> Table:
     engine = "OpenVINO" if env["provider"] == "openvino" else "ORT"
     columns += [f"{engine} p50", "p90", "p99", "img/s", "torch p50", "speedup"]
     columns += ["rounds"] if rounds else []  # the range of the per-round speedups
-    columns += ["GFLOP", "GFLOP/s"]
+    columns += ["MB", "GFLOP", "GFLOP/s"]
     columns += ["% peak"] if peak else []
     for column in columns:
         if column == "model":  # long names wrap onto a second line rather than lose their end
@@ -147,6 +154,7 @@ def _bench_row(case, env: dict[str, Any], *, bound: bool, rounds: bool, peak: bo
         f"{case.torch.p50_ms:.2f}" if case.torch else "-",
         f"[bold]{case.speedup:.2f}x" if case.speedup else "-",
         *([_round_range(case)] if rounds else []),
+        f"{case.file_mb:.2f}" if case.file_mb is not None else "-",
         f"{case.gflops:.2f}" if case.gflops is not None else "-",
         f"{case.achieved_gflops_per_s:.1f}" if case.achieved_gflops_per_s else "-",
     ]
@@ -154,6 +162,17 @@ def _bench_row(case, env: dict[str, Any], *, bound: bool, rounds: bool, peak: bo
         share = share_of_peak(case, env)
         row.append(f"{100 * share:.0f}%" if share else "-")
     return row
+
+
+def _cpu_caption(env: dict[str, Any]) -> str | None:
+    """``CPU AMD EPYC; int8: AVX2 (no VNNI), VNNI: no, bf16: no`` from the run's environment."""
+    from segdeploy.core.cpu import CpuFeatures
+
+    found = env.get("cpu_features")
+    if not found:
+        return None
+    features = CpuFeatures(found["model"], found["arch"], found["flags"])
+    return f"CPU {features.summary()}; MB: the benchmarked file's size"
 
 
 def _round_range(case) -> str:

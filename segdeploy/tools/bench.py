@@ -39,6 +39,7 @@ import onnxruntime as ort
 from segdeploy import __version__
 from segdeploy.core.artifacts import VARIANT_COMMANDS, variant_path
 from segdeploy.core.card import ModelCard
+from segdeploy.core.cpu import cpu_features, is_x86
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.publish import publish_file
 from segdeploy.runtime import open_model
@@ -73,6 +74,8 @@ class BenchCase:
     notes: list[str] = field(default_factory=list)
     op_profile: list[OpShare] | None = None
     round_speedups: list[float] | None = None
+    file: str = ""
+    file_bytes: int | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -91,7 +94,13 @@ class BenchCase:
         data = asdict(self)
         data["speedup"] = self.speedup
         data["achieved_gflops_per_s"] = self.achieved_gflops_per_s
+        data["file_mb"] = self.file_mb
         return data
+
+    @property
+    def file_mb(self) -> float | None:
+        """The benchmarked file's size in MB (10**6 bytes)."""
+        return self.file_bytes / 1e6 if self.file_bytes is not None else None
 
 
 def share_of_peak(case: BenchCase, env: dict[str, Any]) -> float | None:
@@ -103,6 +112,41 @@ def share_of_peak(case: BenchCase, env: dict[str, Any]) -> float | None:
     peak = env.get(PEAK_KEYS.get(case.precision, ""))
     achieved = case.achieved_gflops_per_s
     return achieved / peak if peak and achieved else None
+
+
+def int8_without_vnni_note(cases: list[BenchCase], env: dict[str, Any]) -> str | None:
+    """One sentence when INT8 was benched on an x86 CPU without VNNI, else ``None``.
+
+    Without VNNI an 8-bit multiply-accumulate takes three instructions, so INT8 gains little
+    speed there and mostly saves file size; the sentence cites this run's own ratios: each INT8
+    case's speed and file size against the FP32 case of the same model, batch, size and binding
+    (or, with no FP32 case, the 8-bit over FP32 matrix-multiply peak measured in the run).
+    """
+    features = env.get("cpu_features") or {}
+    int8 = [c for c in cases if c.precision == "int8"]
+    if not int8 or features.get("vnni") is not False or not is_x86(features.get("arch", "")):
+        return None
+    fp32 = {_pair_key(c): c for c in cases if c.precision == "fp32"}
+    pairs = [(fp32[_pair_key(c)], c) for c in int8 if _pair_key(c) in fp32]
+    head = f"INT8 is mostly a size win on this CPU ({env.get('cpu', 'unknown')}, no VNNI)"
+    if pairs:
+        speeds = [f.onnx.p50_ms / i.onnx.p50_ms for f, i in pairs]
+        sizes = [f.file_bytes / i.file_bytes for f, i in pairs if f.file_bytes and i.file_bytes]
+        text = f"{head}: in this run INT8 ran {_span(speeds)}x FP32's speed"
+        return text + (f" with {_span(sizes)}x smaller files" if sizes else "")
+    peak, int8_peak = env.get(PEAK_KEYS["fp32"]), env.get(PEAK_KEYS["int8"])
+    if peak and int8_peak:
+        return f"{head}: its 8-bit matrix-multiply peak is only {int8_peak / peak:.1f}x FP32's here"
+    return head
+
+
+def _pair_key(case: BenchCase) -> tuple:
+    return (case.model, case.provider, case.batch, case.height, case.width, case.io_binding)
+
+
+def _span(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
 
 
 def engine_name(provider: str) -> str:
@@ -206,6 +250,8 @@ def bench_case(
         torch=Timing.from_samples(torch_samples, batch) if eager is not None else None,
         notes=notes,
         round_speedups=round_speedups or None,
+        file=source.name,
+        file_bytes=source.stat().st_size,
     )
     if config.profile and not io_binding:
         # A separate profiled session: the profiler's own overhead stays out of the timings.
@@ -397,13 +443,16 @@ def run_bench(
 
 
 def environment(provider: str) -> dict[str, Any]:
-    """Machine and versions, recorded with every result."""
+    """Machine and versions, recorded with every result, with the CPU's INT8/bf16 features
+    (:func:`segdeploy.core.cpu.cpu_features`): they decide what INT8 and bf16 can gain here."""
+    features = cpu_features()
     info: dict[str, Any] = {
         "segdeploy": __version__,
         "onnxruntime": ort.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": features.model,
+        "cpu_features": features.to_dict(),
         "cpu_count": os.cpu_count(),
         "provider": provider,
     }
@@ -417,16 +466,6 @@ def environment(provider: str) -> dict[str, Any]:
     except ImportError:
         pass
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def results_path(folder: Path, provider: str) -> Path:

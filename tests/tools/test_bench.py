@@ -252,12 +252,66 @@ def test_bench_without_models_takes_every_export_but_not_variants(
     ]
 
 
-def test_bench_reads_int8_against_the_8bit_peak(int8_variant, tmp_path):
+@pytest.fixture(scope="module")
+def int8_run(int8_variant):
+    """One short FP32 + INT8 run of the tiny U-Net: ``(cases, env)``."""
     export, _ = int8_variant
     config = BenchConfig(
         [export], precisions=("fp32", "int8"), sizes=((64, 64),), compare_torch=False, iters=3
     )
-    data = json.loads(bench_json(config, tmp_path).read_text())
+    return run_bench(config)
+
+
+def test_bench_records_the_cpu_features_and_each_file_size(int8_variant, int8_run, tmp_path):
+    from segdeploy.core.cpu import cpu_features
+
+    fp32_path, int8_path = int8_variant
+    data = json.loads(write_results(*int8_run, tmp_path).read_text())
+    features = data["environment"]["cpu_features"]
+    assert features == cpu_features().to_dict() and features["model"] == data["environment"]["cpu"]
+    assert set(features) >= {"flags", "vnni", "bf16", "int8_path"}
+    fp32, int8 = data["cases"]
+    for case, path in ((fp32, fp32_path), (int8, int8_path)):
+        assert case["file"] == path.name and case["file_bytes"] == path.stat().st_size
+        assert case["file_mb"] == pytest.approx(case["file_bytes"] / 1e6)
+    assert int8["file_bytes"] < fp32["file_bytes"]  # 8-bit weights
+
+
+def test_the_no_vnni_note_cites_this_runs_ratios_only_without_vnni(int8_run):
+    from cpuinfo_samples import EPYC_AVX2, NEOVERSE_N1, XEON_COOPER_LAKE
+
+    from segdeploy.core.cpu import parse_cpuinfo
+    from segdeploy.tools.bench import int8_without_vnni_note
+
+    cases, env = int8_run
+    fp32, int8 = cases
+
+    def note(text: str, arch: str = "x86_64", benched=cases):
+        features = parse_cpuinfo(text, arch)
+        return int8_without_vnni_note(
+            benched, {**env, "cpu": features.model, "cpu_features": features.to_dict()}
+        )
+
+    speed = f"{fp32.onnx.p50_ms / int8.onnx.p50_ms:.2f}x FP32's speed"
+    size = f"{fp32.file_bytes / int8.file_bytes:.2f}x smaller files"
+    assert note(EPYC_AVX2) == (
+        f"INT8 is mostly a size win on this CPU (AMD EPYC 7B13, no VNNI): in this run INT8 ran "
+        f"{speed} with {size}"
+    )
+    alone = note(EPYC_AVX2, benched=[int8])  # no FP32 case: the measured peaks' ratio
+    assert alone.endswith(
+        "8-bit matrix-multiply peak is only "
+        f"{env['int8_matmul_peak_gops_per_s'] / env['matmul_peak_gflops_per_s']:.1f}x"
+        " FP32's here"
+    )
+    assert note(XEON_COOPER_LAKE) is None
+    assert note(NEOVERSE_N1, "aarch64") is None  # the note is about x86 VNNI
+    assert note("", "x86_64") is None  # unknown flags: no claim
+    assert note(EPYC_AVX2, benched=[fp32]) is None  # no INT8 benched
+
+
+def test_bench_reads_int8_against_the_8bit_peak(int8_run, tmp_path):
+    data = json.loads(write_results(*int8_run, tmp_path).read_text())
     env = data["environment"]
     assert env["int8_matmul_peak_gops_per_s"] > 0 and env["matmul_peak_gflops_per_s"] > 0
     assert [c["precision"] for c in data["cases"]] == ["fp32", "int8"]
