@@ -104,7 +104,7 @@ def print_bench_table(cases, env: dict[str, Any]) -> None:
         )
     note = int8_without_vnni_note(cases, env)
     if note:
-        console.print(note)
+        console.print(note, soft_wrap=True)  # one line, kept whole for grep
 
 
 def _bench_results_table(cases, env: dict[str, Any]) -> Table:

@@ -107,3 +107,43 @@ def test_two_runs_in_one_second_keep_both_results(tmp_path, monkeypatch):
     first = bench.write_results([], {"provider": "cpu"}, tmp_path)
     second = bench.write_results([], {"provider": "cpu"}, tmp_path)
     assert (first.name, second.name) == ("20260101-120000-cpu.json", "20260101-120000-cpu-2.json")
+
+
+@pytest.fixture(scope="module")
+def unet_with_int8(unet_onnx, tmp_path_factory):
+    """A copy of the tiny U-Net export with its INT8 variant beside it."""
+    from segdeploy.export.quantize import quantize_int8
+
+    fp32 = shutil.copy(unet_onnx, tmp_path_factory.mktemp("int8") / "unet.onnx")
+    # Untrained weights: the gate is not what these tests are about, so any drop is allowed.
+    quantize_int8(fp32, samples=8, eval_samples=8, max_drop=1.0, min_agreement=0.0)
+    return fp32
+
+
+@pytest.mark.parametrize(
+    ("sample", "says_size_win"), [("EPYC_AVX2", True), ("XEON_SAPPHIRE_RAPIDS", False)]
+)
+def test_int8_on_a_cpu_without_vnni_is_called_a_size_win(
+    unet_with_int8, tmp_path, monkeypatch, sample, says_size_win
+):
+    import cpuinfo_samples
+
+    from segdeploy.core.cpu import parse_cpuinfo
+    from segdeploy.tools import bench
+
+    features = parse_cpuinfo(getattr(cpuinfo_samples, sample), "x86_64")
+    monkeypatch.setattr(bench, "cpu_features", lambda: features)
+    args = ["bench", str(unet_with_int8), "--precision", "fp32,int8", "--size", "32x32"]
+    args += ["--no-torch", "--iters", "2", "--results", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"CPU {features.summary()}" in result.output  # the table's caption
+    (json_path,) = tmp_path.glob("*.json")
+    fp32, int8 = json.loads(json_path.read_text())["cases"]
+    line = (
+        f"INT8 is mostly a size win on this CPU ({features.model}, no VNNI): in this run INT8 ran "
+        f"{fp32['onnx']['p50_ms'] / int8['onnx']['p50_ms']:.2f}x FP32's speed with "
+        f"{fp32['file_bytes'] / int8['file_bytes']:.2f}x smaller files"
+    )
+    assert (line in result.output) is says_size_win
+    assert ("mostly a size win" in result.output) is says_size_win

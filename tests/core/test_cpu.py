@@ -66,3 +66,10 @@ def test_without_cpuinfo_the_flags_are_unknown_not_guessed(monkeypatch, tmp_path
 def test_a_cpuinfo_without_flags_says_unknown(text):
     features = parse_cpuinfo(text, "x86_64")
     assert features.flags == {} and features.vnni is None and features.int8_path == "unknown"
+
+
+def test_avx_vnni_without_avx512_counts_as_vnni():
+    # Alder Lake and later client cores: VNNI on 256-bit registers, no AVX-512.
+    text = "processor\t: 0\nmodel name\t: 12th Gen Intel(R) Core(TM) i7-12700\n"
+    features = parse_cpuinfo(text + "flags\t\t: sse2 avx avx2 fma avx_vnni\n", "x86_64")
+    assert (features.vnni, features.bf16, features.int8_path) == (True, False, "AVX-VNNI")
