@@ -121,10 +121,10 @@ def unet_with_int8(unet_onnx, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    ("sample", "says_size_win"), [("EPYC_AVX2", True), ("XEON_SAPPHIRE_RAPIDS", False)]
+    ("sample", "says_no_vnni"), [("EPYC_AVX2", True), ("XEON_SAPPHIRE_RAPIDS", False)]
 )
-def test_int8_on_a_cpu_without_vnni_is_called_a_size_win(
-    unet_with_int8, tmp_path, monkeypatch, sample, says_size_win
+def test_int8_on_a_cpu_without_vnni_gets_one_line_with_the_runs_ratios(
+    unet_with_int8, tmp_path, monkeypatch, sample, says_no_vnni
 ):
     import cpuinfo_samples
 
@@ -140,10 +140,11 @@ def test_int8_on_a_cpu_without_vnni_is_called_a_size_win(
     assert f"CPU {features.summary()}" in result.output  # the table's caption
     (json_path,) = tmp_path.glob("*.json")
     fp32, int8 = json.loads(json_path.read_text())["cases"]
-    line = (
-        f"INT8 is mostly a size win on this CPU ({features.model}, no VNNI): in this run INT8 ran "
-        f"{fp32['onnx']['p50_ms'] / int8['onnx']['p50_ms']:.2f}x FP32's speed with "
-        f"{fp32['file_bytes'] / int8['file_bytes']:.2f}x smaller files"
+    measured = (
+        f"in this run INT8 ran {fp32['onnx']['p50_ms'] / int8['onnx']['p50_ms']:.2f}x FP32's "
+        f"speed with {fp32['file_bytes'] / int8['file_bytes']:.2f}x smaller files"
     )
-    assert (line in result.output) is says_size_win
-    assert ("mostly a size win" in result.output) is says_size_win
+    # One line, whichever wording the measured speed chose (tests/tools/test_bench.py has both).
+    lines = [line for line in result.output.splitlines() if f"({features.model}, no VNNI" in line]
+    assert len(lines) == (1 if says_no_vnni else 0)
+    assert (measured in result.output) is says_no_vnni
