@@ -211,7 +211,7 @@ def _verify_signature(onnx_path: Path, public_key: Path | None) -> None:
         )
     from segdeploy.core.signing import verify_signature
 
-    console.print(verify_signature(onnx_path, public_key), highlight=False)
+    console.print(verify_signature(onnx_path, public_key), highlight=False, soft_wrap=True)
 
 
 def quantize(

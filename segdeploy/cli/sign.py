@@ -32,4 +32,4 @@ def sign(
     from segdeploy.core.signing import sign_file
 
     out = sign_file(model, key, signature, force=force)
-    console.print(f"wrote {out}", highlight=False)
+    console.print(f"wrote {out}", highlight=False, soft_wrap=True)

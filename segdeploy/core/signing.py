@@ -70,7 +70,7 @@ def sign_file(
         config = signing.Config().use_elliptic_key_signer(
             private_key=private_key, password=password
         )
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, AttributeError) as err:  # AttributeError: not an EC key
         raise SegdeployError(
             f"private key {private_key}: expected a PEM elliptic-curve private key (P-256, P-384 "
             f"or P-521), found one it cannot load ({first_line(err)})"
@@ -109,7 +109,7 @@ def verify_signature(
     verifying = _model_signing().verifying
     try:
         config = verifying.Config().use_elliptic_key_verifier(public_key=public_key)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, AttributeError) as err:  # AttributeError: not an EC key
         raise SegdeployError(
             f"public key {public_key}: expected a PEM elliptic-curve public key, found one it "
             f"cannot load ({first_line(err)})"
