@@ -301,9 +301,8 @@ def open_model(
     """Open an ONNX export for inference.
 
     Args:
-        path: the ``.onnx`` file, or the model's serialized bytes (decrypted in memory, say);
-            the card is read from the bytes the same way, and ``model.path`` is
-            :data:`IN_MEMORY`.
+        path: the ``.onnx`` file, or its bytes (decrypted in memory, say; card included;
+            ``model.path`` is then :data:`IN_MEMORY`).
         provider: ``"cpu"``, ``"cuda"`` (fails loudly when CUDA cannot run here), ``"auto"``
             (CUDA when it really works, else CPU) or ``"openvino"`` (OpenVINO on the CPU, the
             ``openvino`` extra; the only engine for a ``.bf16.onnx`` variant);
@@ -315,18 +314,15 @@ def open_model(
         card: use this model card instead of the one stored in the file.
         mean, std, class_names: for an ONNX file without a segdeploy card, all three are needed;
             with a card they override its values.
-        require_signature: a PEM public key: refuse the file unless its signature beside it
-            (``x.onnx.sig``, ``segdeploy sign``) was made with the matching private key over
-            exactly these bytes; checked before ONNX Runtime opens the file (the ``sign``
-            extra). Not for bytes: verify the file they were read from.
+        require_signature: a PEM public key: refuse a file whose ``x.onnx.sig`` (``segdeploy
+            sign``) is missing, not its key's or not over these bytes, before ORT opens it.
 
     Returns:
         a :class:`SegmentationModel` or :class:`ClassificationModel`, by the card's task.
 
     Raises:
         SegdeployError: missing or unreadable file, no card and no mean/std/class names, a graph
-            whose input or output does not fit the card, an unusable provider, or (with
-            ``require_signature``) an unsigned, altered or otherwise-signed file.
+            whose input or output does not fit the card, an unusable provider, a bad signature.
     """
     source, path = _model_source(path, require_signature)
     try:
