@@ -16,6 +16,7 @@ from segdeploy.cli.evaluate import evaluate
 from segdeploy.cli.export import convert_bf16, convert_fp16, export, quantize, verify
 from segdeploy.cli.predict import info, list_architectures, predict
 from segdeploy.cli.serve import serve, triton_repo
+from segdeploy.cli.sign import sign
 from segdeploy.cli.train import train
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ COMMANDS = {
     "train": train,
     "export": export,
     "verify": verify,
+    "sign": sign,
     "evaluate": evaluate,
     "predict": predict,
     "bench": bench,

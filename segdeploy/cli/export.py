@@ -169,8 +169,21 @@ def verify(
             help="cpu, cuda or openvino \\[default: every usable one, OpenVINO if installed]."
         ),
     ] = None,
+    signature: Annotated[
+        bool,
+        typer.Option(
+            "--signature",
+            help="Also check the signature MODEL.onnx.sig (segdeploy sign) with --public-key.",
+        ),
+    ] = False,
+    public_key: Annotated[
+        Path | None, typer.Option(metavar="KEY", help="PEM public key for --signature.")
+    ] = None,
 ) -> None:
-    """Check a file's recorded hashes, or (with MODEL.pt) an export against its checkpoint."""
+    """Check a file's recorded hashes (and with --signature its signature), or (with MODEL.pt)
+    an export against its checkpoint."""
+    if signature:
+        _verify_signature(onnx_path, public_key)
     if checkpoint is None:
         from segdeploy.core.integrity import verify_file
 
@@ -188,6 +201,17 @@ def verify(
     if not report.passed:
         raise SegdeployError(f"{onnx_path} does not match {checkpoint} (see the table above)")
     console.print("[green]parity holds")
+
+
+def _verify_signature(onnx_path: Path, public_key: Path | None) -> None:
+    if public_key is None:
+        raise SegdeployError(
+            f"verify --signature {onnx_path}: expected --public-key KEY (the PEM public key to "
+            "trust), found none"
+        )
+    from segdeploy.core.signing import verify_signature
+
+    console.print(verify_signature(onnx_path, public_key), highlight=False, soft_wrap=True)
 
 
 def quantize(

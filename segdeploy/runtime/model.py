@@ -21,6 +21,7 @@ from segdeploy.core.artifacts import PRECISION_KEY
 from segdeploy.core.card import ONNX_METADATA_KEY, ModelCard, card_from_metadata
 from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.preprocess import normalise
+from segdeploy.core.signing import verify_signature
 from segdeploy.runtime import tiling
 from segdeploy.runtime.engine import ort
 from segdeploy.runtime.postprocess import Palette, argmax_mask, palette, softmax
@@ -37,6 +38,8 @@ from segdeploy.runtime.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, TileGr
 DEFAULT_PROVIDER = "auto"
 _OUTPUT_RANK = {"segmentation": 4, "classification": 2}
 _ENGINE_NAMES = {"openvino": "OpenVINO"}
+#: ``model.path`` of a model opened from bytes.
+IN_MEMORY = Path("<in-memory model>")
 #: One image's share of a session call: the batch output, its row in it, its original (H, W).
 ImageOutput = tuple[np.ndarray, int, tuple[int, int]]
 
@@ -284,7 +287,7 @@ class ClassificationModel(_Model):
 
 
 def open_model(
-    path: str | os.PathLike,
+    path: str | os.PathLike | bytes,
     provider: str = DEFAULT_PROVIDER,
     threads: int = ALL_CORES,
     card: ModelCard | None = None,
@@ -293,11 +296,13 @@ def open_model(
     class_names: Sequence[str] | None = None,
     device_id: int = 0,
     allow_spinning: bool = True,
+    require_signature: str | os.PathLike | None = None,
 ) -> SegmentationModel | ClassificationModel:
     """Open an ONNX export for inference.
 
     Args:
-        path: the ``.onnx`` file.
+        path: the ``.onnx`` file, or its bytes (decrypted in memory, say; card included;
+            ``model.path`` is then :data:`IN_MEMORY`).
         provider: ``"cpu"``, ``"cuda"`` (fails loudly when CUDA cannot run here), ``"auto"``
             (CUDA when it really works, else CPU) or ``"openvino"`` (OpenVINO on the CPU, the
             ``openvino`` extra; the only engine for a ``.bf16.onnx`` variant);
@@ -309,20 +314,20 @@ def open_model(
         card: use this model card instead of the one stored in the file.
         mean, std, class_names: for an ONNX file without a segdeploy card, all three are needed;
             with a card they override its values.
+        require_signature: a PEM public key: refuse a file whose ``x.onnx.sig`` (``segdeploy
+            sign``) is missing, not its key's or not over these bytes, before ORT opens it.
 
     Returns:
         a :class:`SegmentationModel` or :class:`ClassificationModel`, by the card's task.
 
     Raises:
         SegdeployError: missing or unreadable file, no card and no mean/std/class names, a graph
-            whose input or output does not fit the card, or an unusable provider.
+            whose input or output does not fit the card, an unusable provider, a bad signature.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SegdeployError(f"ONNX file {path}: expected an existing file, found nothing")
+    source, path = _model_source(path, require_signature)
     try:
         session = create_session(
-            path,
+            source,
             SessionOptions(
                 provider=provider,
                 intra_op_threads=threads,
@@ -341,6 +346,26 @@ def open_model(
     card = _resolve_card(session, path, card, mean, std, class_names)
     model_class = SegmentationModel if card.task == "segmentation" else ClassificationModel
     return model_class(session, card, path, device_id)
+
+
+def _model_source(
+    model: str | os.PathLike | bytes, require_signature: str | os.PathLike | None
+) -> tuple[Path | bytes, Path]:
+    """What the session opens, and the name errors and ``model.path`` use."""
+    if isinstance(model, bytes):
+        if require_signature is not None:
+            raise SegdeployError(
+                "require_signature checks a file's signature beside it, found the model as "
+                "bytes; verify the file they came from (segdeploy.core.signing."
+                "verify_signature) before reading it"
+            )
+        return model, IN_MEMORY
+    path = Path(model)
+    if not path.is_file():
+        raise SegdeployError(f"ONNX file {path}: expected an existing file, found nothing")
+    if require_signature is not None:
+        verify_signature(path, require_signature)
+    return path, path
 
 
 def _resolve_card(
