@@ -297,7 +297,8 @@ def open_model(
     """Open an ONNX export for inference.
 
     Args:
-        path: the ``.onnx`` file.
+        path: the ``.onnx`` file, or the ``.ort`` file of an ``ort-mobile`` export (its card is
+            read from the flatbuffer's metadata, as from an ``.onnx``'s).
         provider: ``"cpu"``, ``"cuda"`` (fails loudly when CUDA cannot run here), ``"auto"``
             (CUDA when it really works, else CPU) or ``"openvino"`` (OpenVINO on the CPU, the
             ``openvino`` extra; the only engine for a ``.bf16.onnx`` variant);
