@@ -67,8 +67,9 @@ def export(
     target: Annotated[
         str | None,
         typer.Option(
-            help="The runtime the file must open in: ort>=1.16, ort-web, openvino>=2025.0, or "
-            "ort (the installed onnxruntime); the file is checked there "
+            help="The runtime the file must open in: ort>=1.16, ort-web, openvino>=2025.0, "
+            "ort (the installed onnxruntime), or ort-mobile (also writes the .ort file of "
+            "mobile and minimal builds); the file is checked there "
             f"\\[default: {DEFAULT_TARGET}, the oldest supported onnxruntime].",
         ),
     ] = None,
@@ -132,6 +133,13 @@ def _print_export(result) -> None:
         f"parity {seconds['parity']:.1f}s"
     )
     console.print(f"wrote [bold]{result.onnx_path}[/] and {result.report_path}")
+    mobile = result.report.context.get("mobile")
+    if mobile:
+        parity = mobile["parity_ort_vs_onnx"]
+        console.print(
+            f"wrote {', '.join(mobile['files'])} beside it (.ort vs .onnx: max abs "
+            f"{parity['max_abs']:.3g} on {len(parity['shapes'])} shapes)"
+        )
 
 
 def _export_end_to_end(onnx_path: Path, batch: bool) -> None:

@@ -99,7 +99,17 @@ RUNTIMES = {
     "ort": ("onnxruntime", ORT_RELEASES),
     "ort-web": ("onnxruntime-web", ORT_RELEASES),
     "openvino": ("openvino", OPENVINO_RELEASES),
+    "ort-mobile": ("onnxruntime", ORT_RELEASES),
 }
+#: ``ort-mobile`` also writes the ``.ort`` flatbuffer of mobile and minimal builds. It is written
+#: by the installed onnxruntime (``onnxruntime.tools.convert_onnx_models_to_ort``) and holds that
+#: release's optimized graph (contrib kernels such as ``com.microsoft.FusedConv``), in ORT format
+#: v6 (read by 1.16 and later). ONNX Runtime promises backward, not forward, compatibility of the
+#: format ("we don't generally support forwards compatibility", onnxruntime #20670), so the
+#: target is the writing release: ``ort-mobile`` or ``ort-mobile>=<installed minor>``; its IR and
+#: opset limits are that release's row of :data:`ORT_RELEASES`.
+MOBILE_TARGET = "ort-mobile"
+ORT_FORMAT = {"version": 6, "read_since": (1, 16), "reader": "the writing release or newer"}
 #: The oldest onnxruntime segdeploy writes for and checks on (see the README's "Targets").
 OLDEST_ORT = (1, 16)
 #: What ``segdeploy export`` writes for without ``--target``: the oldest supported onnxruntime,
@@ -159,12 +169,15 @@ class Target:
 
     def record(self, ir_version: int, opset: int) -> str:
         """The JSON stored under :data:`TARGET_KEY`: the target, the file's format, and the
-        releases of each runtime that open it (``{"onnxruntime": ">=1.16", ...}``)."""
+        releases of each runtime that open it (``{"onnxruntime": ">=1.16", ...}``; for
+        ``ort-mobile``, whose ``.ort`` carries the same record, the writing release only)."""
         runtimes = {
             RUNTIMES[name][0]: f">={_dotted(lowest.version)}"
             for name in RUNTIMES
             if (lowest := lowest_release(name, ir_version, opset)) is not None
         }
+        if self.name == MOBILE_TARGET:
+            runtimes = {self.runtime: f">={_dotted(self.min_version)}"}
         return json.dumps(
             {"target": self.spec, "ir_version": ir_version, "opset": opset, "runtimes": runtimes},
             sort_keys=True,
@@ -204,7 +217,21 @@ def parse_target(spec: str, installed: dict[str, str] | None = None) -> Target:
             f"release segdeploy supports and checks files on ({_dotted(oldest)}); the lowest "
             f"target is {name}>={_dotted(oldest)}"
         )
+    if name == MOBILE_TARGET:
+        _require_writer(spec, version, (installed or {}).get(name, ""))
     return Target(name, version)
+
+
+def _require_writer(spec: str, version: tuple[int, int], installed: str) -> None:
+    """An ``ort-mobile`` target names the installed onnxruntime: it writes the ``.ort`` file,
+    which older releases are not promised to read (:data:`ORT_FORMAT`)."""
+    if version_tuple(installed) != version:
+        raise SegdeployError(
+            f"target '{spec}': the .ort file is written by the installed onnxruntime "
+            f"({installed or 'none'}) and read by {ORT_FORMAT['reader']}, so it cannot be made "
+            f"for {_dotted(version)}; use --target {MOBILE_TARGET}, or install onnxruntime "
+            f"{_dotted(version)} to write one for it"
+        )
 
 
 def release_of(name: str, version: tuple[int, int]) -> Release:

@@ -45,8 +45,9 @@ from segdeploy.core.errors import ParityError, SegdeployError, first_line
 from segdeploy.core.fileio import file_sha256
 from segdeploy.core.parity import ParityReport
 from segdeploy.core.publish import refuse_overlap, write_file
-from segdeploy.core.targets import TARGET_KEY, Target
-from segdeploy.export.contract import CONTRACTS, DEFAULT_OPSET
+from segdeploy.core.targets import MOBILE_TARGET, TARGET_KEY, Target
+from segdeploy.export.contract import CONTRACTS, DEFAULT_OPSET, default_parity_shapes
+from segdeploy.export.mobile import build_mobile
 from segdeploy.export.node_scopes import copy_torch_modules, tag_torch_modules
 from segdeploy.export.onnx_file import attach_metadata, graph_dims, seal
 from segdeploy.export.parity_gate import check_parity
@@ -343,5 +344,21 @@ def _export_and_stage(
             f"{report.failures()[0]} (full report: {rejected})",
             report,
         )
+    mobile = None
+    if plan.target.name == MOBILE_TARGET:
+        with _timed(seconds, "mobile"):
+            mobile = build_mobile(
+                onnx_model.SerializeToString(),
+                out,
+                CONTRACTS[card.task].input_name,
+                shapes or default_parity_shapes(card.size_multiple),
+                card.in_channels,
+            )
+        report.context["mobile"] = {
+            "files": [p.name for p in mobile.files],
+            "parity_ort_vs_onnx": mobile.parity,
+        }
     report_path = _stage_pair(staging, out, onnx_model, report)
+    for path, data in (mobile.files if mobile else {}).items():
+        staging.stage(path, lambda tmp, data=data: tmp.write_bytes(data))
     return ExportResult(out, report_path, report, *nodes, simplified, note, seconds)

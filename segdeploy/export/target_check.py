@@ -64,7 +64,7 @@ def installed_runtimes() -> dict[str, str]:
     try:
         import onnxruntime
 
-        found["ort"] = onnxruntime.__version__
+        found["ort"] = found["ort-mobile"] = onnxruntime.__version__
     except ImportError:
         pass
     try:

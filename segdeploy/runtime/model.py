@@ -301,7 +301,8 @@ def open_model(
     """Open an ONNX export for inference.
 
     Args:
-        path: the ``.onnx`` file, or its bytes (decrypted in memory, say; card included;
+        path: the ``.onnx`` file, the ``.ort`` file of an ``ort-mobile`` export (card read from
+            the flatbuffer's metadata), or the model's bytes (decrypted in memory, say;
             ``model.path`` is then :data:`IN_MEMORY`).
         provider: ``"cpu"``, ``"cuda"`` (fails loudly when CUDA cannot run here), ``"auto"``
             (CUDA when it really works, else CPU) or ``"openvino"`` (OpenVINO on the CPU, the

@@ -191,7 +191,8 @@ def create_session(
     source = model if isinstance(model, bytes) else os.fspath(model)
     if options.provider == "openvino":
         return OpenVINOSession(source, options.intra_op_threads)
-    require_openable(source)
+    if not is_ort_format(source):
+        require_openable(source)  # a .ort file has no protobuf header to judge; ORT reads it
     available = ort.get_available_providers()
     if options.provider in ("cuda", "auto") and PROVIDER_NAMES["cuda"] in available:
         session = _try_cuda(source, options)
@@ -200,6 +201,18 @@ def create_session(
     if options.provider == "cuda":
         raise _cuda_unusable(available)
     return _refuse_bf16(_open(source, options, "cpu"), source)
+
+
+def is_ort_format(source: str | bytes) -> bool:
+    """Whether ``source`` is an ORT-format flatbuffer (``.ort``, for mobile and minimal builds):
+    its file identifier ``ORTM`` sits at bytes 4-8."""
+    if isinstance(source, bytes):
+        return source[4:8] == b"ORTM"
+    try:
+        with open(source, "rb") as handle:
+            return handle.read(8)[4:8] == b"ORTM"
+    except OSError:
+        return False
 
 
 def require_openable(source: str | bytes) -> None:
