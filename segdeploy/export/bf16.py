@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segdeploy.core.cpu import cpu_features
+from segdeploy.core.errors import ProviderUnavailableError
 from segdeploy.export.accuracy_gate import GateResult, gate_variant
 from segdeploy.export.contract import (
     BF16_GATE_PROVIDER,
@@ -48,6 +50,7 @@ def convert_bf16(
         ProviderUnavailableError: OpenVINO is not installed, or this CPU cannot compute bf16.
         AccuracyGateError: the bf16 model failed the gate (``.result``); no file was written.
     """
+    _require_native_bf16(onnx_path)
     return gate_variant(
         onnx_path,
         out,
@@ -60,3 +63,15 @@ def convert_bf16(
         min_agreement=min_agreement,
         provider=BF16_GATE_PROVIDER,
     )
+
+
+def _require_native_bf16(onnx_path: str | Path) -> None:
+    """Refuse before minutes of work where the CPU's flags say it has no bf16 arithmetic (the
+    gate would grade f32 under a bf16 name); unknown flags are left to OpenVINO's own check."""
+    cpu = cpu_features()
+    if cpu.bf16 is False:
+        raise ProviderUnavailableError(
+            f"{onnx_path}: a bf16 variant needs a CPU that computes bf16 (AVX512-BF16 or AMX), "
+            f"and this one ({cpu.model}) has neither, so OpenVINO would run it in f32; "
+            "convert it on such a CPU, or ship the FP32 or INT8 file"
+        )

@@ -74,6 +74,10 @@ def openvino_available() -> bool:
     return True
 
 
+def _name(source: str | os.PathLike | bytes) -> str:
+    return "the model in memory" if isinstance(source, bytes) else os.fspath(source)
+
+
 class OpenVINOSession:
     """A model compiled by OpenVINO for the CPU, used like an ``onnxruntime.InferenceSession``.
 
@@ -104,7 +108,8 @@ class OpenVINOSession:
         self.inference_precision = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         if self.inference_precision != getattr(ov.Type, wanted):
             raise ProviderUnavailableError(
-                f"this {precision} model needs a CPU that computes {wanted} (AVX512-BF16 or AMX), "
+                f"{_name(source)}: this {precision} model needs a CPU that computes {wanted} "
+                "(AVX512-BF16 or AMX), "
                 f"and OpenVINO would run it in {self.inference_precision.get_type_name()} here; "
                 "run its FP32 parent instead"
             )

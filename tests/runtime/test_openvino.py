@@ -113,12 +113,20 @@ def test_onnx_runtime_refuses_a_bf16_variant(bf16_variant, tmp_path):
 
 
 def test_bf16_gate_refuses_and_leaves_no_file(trained, texture_set, tmp_path):
+    """A strict gate refuses; on a CPU without native bf16 the command refuses before the gate
+    (OpenVINO would compute f32 under a bf16 name). Either way no file is left."""
+    from segdeploy.core.cpu import cpu_features
     from segdeploy.export.bf16 import convert_bf16
 
     out = tmp_path / "strict.bf16.onnx"
-    with pytest.raises(AccuracyGateError, match=r"BF16 variant is refused.*was not written"):
+    if cpu_features().bf16:
+        expected, message = AccuracyGateError, r"BF16 variant is refused.*was not written"
+    else:
+        expected, message = ProviderUnavailableError, r"computes bf16"
+    with pytest.raises(expected, match=message):
         convert_bf16(trained, out, data=str(texture_set), eval_samples=2, max_drop=-1.0)
     assert not out.exists()
+    assert not list(tmp_path.iterdir())  # no staging or lock file either
 
 
 def test_a_cpu_that_would_compute_bf16_in_f32_is_refused(bf16_variant, monkeypatch):
