@@ -394,17 +394,21 @@ def gate_variant(
     data: str | None,
     eval_samples: int,
     force: bool = False,
+    preflight: Callable[[Path], None] | None = None,
     **thresholds: Any,
 ) -> GateResult:
     """What every variant graded on data alone (FP16, bf16) does: open the FP32 export, make the
     variant with ``make(model)``, mark it with its parent's metadata and ``precision``, and gate
     it on ``eval_samples`` validation images of ``data`` (:func:`gate_and_write`); ``None``: the
-    data the card says the model was trained on."""
+    data the card says the model was trained on. ``preflight(onnx_path)`` runs once the
+    destination is known to be acceptable, before any work (bf16: can this CPU compute it?)."""
     command = VARIANT_COMMANDS[precision]
     onnx_path, model, out, card = open_fp32_parent(onnx_path, out, precision, command)
     chosen = choose_data(card, data, onnx_path, option="--data")
     inputs = variant_inputs(onnx_path, chosen.source)
     check_destination(out, inputs, force, precision)
+    if preflight is not None:
+        preflight(onnx_path)
     gate = load_split(card, chosen.source, "val", eval_samples, chosen.seed)
     parent_metadata = {p.key: p.value for p in model.metadata_props}
     variant = make(model)

@@ -50,7 +50,6 @@ def convert_bf16(
         ProviderUnavailableError: OpenVINO is not installed, or this CPU cannot compute bf16.
         AccuracyGateError: the bf16 model failed the gate (``.result``); no file was written.
     """
-    _require_native_bf16(onnx_path)
     return gate_variant(
         onnx_path,
         out,
@@ -59,6 +58,7 @@ def convert_bf16(
         data,
         eval_samples,
         force,
+        _require_native_bf16,
         max_drop=max_drop,
         min_agreement=min_agreement,
         provider=BF16_GATE_PROVIDER,

@@ -185,6 +185,18 @@ def export_lock(out: str | Path) -> AbstractContextManager[Path]:
     return publish.lock(out, "export")
 
 
+def _refuse(out: Path, report: ParityReport) -> None:
+    """Write the refused export's report as ``x.parity.rejected.json`` and raise."""
+    rejected = artifacts.rejected_report_path(out)
+    write_file(rejected, lambda tmp: tmp.write_text(report.to_json()))
+    kept = " (the export already there is unchanged)" if out.exists() else ""
+    raise ParityError(
+        f"ONNX Runtime disagrees with PyTorch, so {out} was not written{kept}: "
+        f"{report.failures()[0]} (full report: {rejected})",
+        report,
+    )
+
+
 def _stage_pair(
     staging: publish.Staging, out: Path, onnx_model: onnx.ModelProto, report: ParityReport
 ) -> Path:
@@ -336,14 +348,7 @@ def _export_and_stage(
     report.context = _report_context(checkpoint, out, opset, nodes, note, seconds)
     report.context["target"] = {"target": plan.target.spec, "checked_on": plan.note}
     if not report.passed:
-        rejected = artifacts.rejected_report_path(out)
-        write_file(rejected, lambda tmp: tmp.write_text(report.to_json()))
-        kept = " (the export already there is unchanged)" if out.exists() else ""
-        raise ParityError(
-            f"ONNX Runtime disagrees with PyTorch, so {out} was not written{kept}: "
-            f"{report.failures()[0]} (full report: {rejected})",
-            report,
-        )
+        _refuse(out, report)
     mobile = None
     if plan.target.name == MOBILE_TARGET:
         with _timed(seconds, "mobile"):

@@ -327,15 +327,8 @@ def open_model(
     """
     source, path = _model_source(path, require_signature)
     try:
-        session = create_session(
-            source,
-            SessionOptions(
-                provider=provider,
-                intra_op_threads=threads,
-                device_id=device_id,
-                allow_spinning=allow_spinning,
-            ),
-        )
+        options = SessionOptions(provider, threads, device_id, allow_spinning=allow_spinning)
+        session = create_session(source, options)
     except SegdeployError:
         raise
     except Exception as err:  # ORT raises InvalidProtobuf, Fail, ... for files it cannot read
