@@ -146,9 +146,24 @@ def _writing(path: Path) -> Iterator[None]:
         yield
     except SegdeployError:
         raise
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
+    except Exception as err:
+        # Writers wrap the disk's error: torch.save's zip writer raises a RuntimeError while
+        # handling the OSError (EFBIG, ENOSPC) of the write underneath.
+        cause = _os_error_in_chain(err)
+        if cause is None:
+            raise
+        reason = cause.strerror or type(cause).__name__
         raise SegdeployError(f"cannot write {path}: {reason}; nothing was replaced") from None
+
+
+def _os_error_in_chain(err: BaseException | None) -> OSError | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def refuse_folder(out: str | Path, what: str = "output") -> None:

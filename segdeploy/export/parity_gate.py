@@ -137,7 +137,13 @@ def target_cases(
     """The parity cases of ``inputs`` run on the target runtime ``env`` (one process)."""
     with tempfile.TemporaryDirectory(prefix="segdeploy-parity-") as tmp:
         path = Path(tmp) / "model.onnx"
-        onnx.save_model(onnx_model, path)
+        try:
+            onnx.save_model(onnx_model, path)
+        except OSError as err:  # a full temporary disk, a file-size limit
+            raise SegdeployError(
+                f"cannot check {report.model} on {env.label}: writing its temporary copy in "
+                f"{tmp} failed ({err.strerror}); nothing was replaced"
+            ) from None
         outputs = env.run(path, [{input_name: x} for x, _ in inputs])
     cases = []
     for (x, reference), output in zip(inputs, outputs, strict=True):
