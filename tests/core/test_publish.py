@@ -308,3 +308,25 @@ def test_an_output_inside_an_input_folder_is_refused_when_it_is_one_of_its_files
         publish.publish_file(data / "a.png", _write("x"), force=True, inputs=[data])
     assert (data / "a.png").read_bytes() == b"pixels"
     publish.publish_file(data / "report.json", _write("x"), inputs=[data])  # a new file is fine
+
+
+def test_a_disk_error_wrapped_by_the_writer_is_one_sentence_and_keeps_the_old_file(tmp_path):
+    """torch.save raises RuntimeError while handling the EFBIG of the write underneath."""
+    import errno
+
+    from segdeploy.core.errors import SegdeployError
+    from segdeploy.core.publish import write_file
+
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"old")
+
+    def zip_writer(tmp):
+        try:
+            raise OSError(errno.EFBIG, "File too large")
+        except OSError:
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0") from None
+
+    with pytest.raises(SegdeployError, match=r"cannot write .*model\.pt: File too large"):
+        write_file(out, zip_writer)
+    assert out.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
