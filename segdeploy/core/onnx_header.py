@@ -201,13 +201,15 @@ def _varint(view: memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("malformed varint")
 
 
-def identity_model(ir_version: int = 8, opset: int = 13) -> bytes:
+def identity_model(
+    ir_version: int = 8, opset: int = 13, metadata: dict[str, str] | None = None
+) -> bytes:
     """A serialized one-node ONNX model (Identity on a float vector), written without onnx: the
     runtime probes providers with it, and ``benchmarks/runtime_limits.py`` probes what IR version
     and opset a runtime opens.
 
     ModelProto{ir_version, graph{node{Identity x->y}, name, input x, output y},
-    opset_import{version}}.
+    opset_import{version}, metadata_props (``metadata``)}.
     """
 
     def field(number: int, payload: bytes) -> bytes:
@@ -221,7 +223,11 @@ def identity_model(ir_version: int = 8, opset: int = 13) -> bytes:
     graph = field(1, node) + field(2, b"probe") + field(11, value_info(b"x"))
     graph += field(12, value_info(b"y"))
     opset_import = field(8, b"\x10" + _write_varint(opset))
-    return b"\x08" + _write_varint(ir_version) + field(7, graph) + opset_import
+    props = b"".join(
+        field(14, field(1, key.encode()) + field(2, value.encode()))
+        for key, value in (metadata or {}).items()
+    )
+    return b"\x08" + _write_varint(ir_version) + field(7, graph) + opset_import + props
 
 
 def _write_varint(value: int) -> bytes:

@@ -10,29 +10,12 @@ import pytest
 
 from segdeploy.core import targets
 from segdeploy.core.errors import SegdeployError
-from segdeploy.core.onnx_header import graph_sha256, read_header
+from segdeploy.core.onnx_header import graph_sha256, identity_model, read_header
 from segdeploy.core.targets import Target, parse_target, refusal
 
 
 def _model(ir: int, opset: int, metadata: dict[str, str] | None = None) -> bytes:
-    """A one-node ONNX model, serialized by hand (no onnx needed)."""
-
-    def varint(value: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte, value = value & 0x7F, value >> 7
-            out.append(byte | (0x80 if value else 0))
-            if not value:
-                return bytes(out)
-
-    def field(number: int, payload: bytes) -> bytes:
-        return bytes([number << 3 | 2]) + varint(len(payload)) + payload
-
-    node = field(1, b"x") + field(2, b"y") + field(4, b"Identity")
-    data = b"\x08" + varint(ir) + field(7, field(1, node)) + field(8, b"\x10" + varint(opset))
-    for key, value in (metadata or {}).items():
-        data += field(14, field(1, key.encode()) + field(2, value.encode()))
-    return data
+    return identity_model(ir, opset, metadata)
 
 
 def test_parse_target_names_the_release():
