@@ -31,6 +31,9 @@ The rules, in the order they are checked:
   finds ``.x.old`` without ``x`` and renames it back (the swap did not happen), or finds both and
   deletes ``.x.old`` (it did); ``.x.new`` (a build that never finished) and ``.x.trash`` (a
   deletion that never finished) are deleted.
+* **Ctrl-C waits for the renames.** SIGINT and SIGTERM that arrive while a pair is renamed or a
+  folder swapped and its old copy deleted are held until that is done, then delivered as usual
+  (:func:`_signals_deferred`); only SIGKILL can stop it halfway, and the recovery above covers it.
 
 Temporary files are created with mode 0o666 through ``os.open``, so the process umask applies as
 it does for ``open()`` without anyone changing it (a umask flip would race with other threads).
@@ -44,7 +47,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -246,12 +251,13 @@ class Staging:
 
     def commit(self) -> None:
         """Rename every staged file into place (see the class docstring for the order)."""
-        for _, path in self._staged[1:]:
-            path.unlink(missing_ok=True)
-        for tmp, path in self._staged:
-            with _writing(path):
-                os.replace(tmp, path)
-        self._staged.clear()
+        with _signals_deferred():  # Ctrl-C never lands between the renames of a pair
+            for _, path in self._staged[1:]:
+                path.unlink(missing_ok=True)
+            for tmp, path in self._staged:
+                with _writing(path):
+                    os.replace(tmp, path)
+            self._staged.clear()
 
     def discard(self) -> None:
         """Remove what was staged and not committed."""
@@ -368,14 +374,42 @@ def publish_folder(
         except BaseException:
             shutil.rmtree(new, ignore_errors=True)
             raise
-        if out.exists():
-            os.replace(out, old)
-        os.replace(new, out)  # from here the new folder is in place; the old is only a leftover
-        if old.exists():
-            trash = _aside(out, "trash")
-            os.replace(old, trash)  # whole under .x.old, or being deleted under .x.trash
-            shutil.rmtree(trash, ignore_errors=True)
+        with _signals_deferred():  # the swap and the deletion are not left halfway by Ctrl-C
+            if out.exists():
+                os.replace(out, old)
+            os.replace(new, out)  # from here the new folder is in place; the old is a leftover
+            if old.exists():
+                trash = _aside(out, "trash")
+                os.replace(old, trash)  # whole under .x.old, or being deleted under .x.trash
+                shutil.rmtree(trash, ignore_errors=True)
     return out
+
+
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, then deliver them to the usual handlers.
+
+    Only the main thread can set handlers; elsewhere the block runs as it is (the recovery in
+    :func:`recover_folder` still applies). SIGKILL cannot be held; that is what recovery is for.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda sig, _frame: received.append(sig))
+        for sig in _DEFERRED_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(received):
+            signal.raise_signal(sig)
 
 
 # ------------------------------------------------------------------------------------------------

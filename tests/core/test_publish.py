@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -330,3 +331,22 @@ def test_a_disk_error_wrapped_by_the_writer_is_one_sentence_and_keeps_the_old_fi
         write_file(out, zip_writer)
     assert out.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_ctrl_c_during_the_swap_lands_after_the_old_folder_is_deleted(tmp_path, monkeypatch):
+    """A SIGINT that arrives while the old folder is being deleted is delivered once the
+    replacement is finished: KeyboardInterrupt, the new folder in place, no ``.unet.trash``."""
+    out = tmp_path / "unet"
+    publish.publish_folder(out, lambda f: _model_folder(f, "old"))
+    real_rmtree = publish.shutil.rmtree
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C in the middle of the deletion
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(publish.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        publish.publish_folder(out, lambda f: _model_folder(f, "new"), force=True)
+    assert (out / "1" / "model.onnx").read_text() == "new"
+    assert _names(tmp_path) == ["unet"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
