@@ -116,9 +116,26 @@ def _module_values(calls: list[_Call], carried: set[str]) -> dict[str, np.ndarra
 
 
 def _last_nodes(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    """``{module: the last node in graph order that carries it}``."""
+    """``{module: the last node in graph order that carries it}``, leaving out modules one of
+    whose nodes reads a ``.weight`` other nodes read too: the exporter merges equal initializers
+    (every LayerNorm of an untrained SegFormer has weight 1 and bias 0), and a node is credited
+    to the module its weight is named after, so such a module's "last node" may be another's."""
     modules = torch_modules(model)
-    return {modules[n.name]: n for n in model.graph.node if n.name in modules}
+    weights = {i.name for i in model.graph.initializer if i.name.endswith(".weight")}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in set(node.input) & weights:
+            readers[name] = readers.get(name, 0) + 1
+    shared = {
+        modules[n.name]
+        for n in model.graph.node
+        if n.name in modules and any(readers.get(i, 0) > 1 for i in n.input)
+    }
+    return {
+        modules[n.name]: n
+        for n in model.graph.node
+        if n.name in modules and modules[n.name] not in shared
+    }
 
 
 def _first_failing_shape(report: ParityReport) -> tuple[int, int] | None:
