@@ -300,7 +300,9 @@ def export_checkpoint(
     Raises:
         ParityError: ONNX Runtime disagrees with PyTorch (the report is written as
             ``x.parity.rejected.json``, and carried by the error; an existing ``out`` and its
-            report are left as they were).
+            report are left as they were). Its second line names the first node, in graph
+            order, whose output departs from its torch module's
+            (:mod:`segdeploy.export.first_divergence`), when one does.
         ProviderUnavailableError: a CUDA parity session would run nodes on the CPU.
         SegdeployError: bad checkpoint, existing output without ``force``, unwritable folder, a
             failed export, or another export to ``out`` in progress.
