@@ -8,7 +8,6 @@ import onnx
 import pytest
 import torch
 
-from segdeploy.core.errors import ParityError
 from segdeploy.core.parity import CaseReport, ParityReport, Tolerance
 from segdeploy.export import exporter
 from segdeploy.export.first_divergence import first_divergence
@@ -83,22 +82,28 @@ def test_the_damaged_conv_is_named_not_the_layers_after_it(unet):
 
 
 def test_export_refuses_and_names_the_layer_it_diverges_at(unet, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from segdeploy.cli import app
+
     real_check = exporter.check_parity
 
     def damage_then_check(onnx_model, *args, **kwargs):
-        # The staged graph is edited just before the gate, as a miscompiled layer would be.
+        # The graph is edited just before the gate, as a miscompiled layer would be.
         node = _node_of(onnx_model, DAMAGED_MODULE)
         onnx_model.CopyFrom(with_weights_times(onnx_model, node, DAMAGE))
         return real_check(onnx_model, *args, **kwargs)
 
     monkeypatch.setattr(exporter, "check_parity", damage_then_check)
     out = tmp_path / "unet.onnx"
-    with pytest.raises(ParityError) as refused:
-        exporter.export_checkpoint(unet[0], out, shapes=SHAPES, providers=["cpu"])
-    sentence, node_line = str(refused.value).split("\n")
-    assert sentence.startswith("ONNX Runtime disagrees with PyTorch, so")
-    assert node_line.startswith("first diverging node: node_Conv_")
-    assert f"from torch module '{DAMAGED_MODULE}'" in node_line
+    args = ["export", str(unet[0]), "--out", str(out), "--shapes", "32x48"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "1000"})
+    assert result.exit_code == 1, result.output
+    assert "disagrees with PyTorch, so" in result.output and "Traceback" not in result.output
+    node = _node_of(unet[1], DAMAGED_MODULE)
+    assert f"first diverging node: {node} (Conv) from torch module '{DAMAGED_MODULE}'" in (
+        " ".join(result.output.split())
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.parity.rejected.json"]
     rejected = json.loads((tmp_path / "unet.parity.rejected.json").read_text())
     assert rejected["context"]["first_divergence"]["module"] == DAMAGED_MODULE
