@@ -47,6 +47,7 @@ from segdeploy.core.parity import ParityReport
 from segdeploy.core.publish import refuse_overlap, write_file
 from segdeploy.core.targets import MOBILE_TARGET, TARGET_KEY, Target
 from segdeploy.export.contract import CONTRACTS, DEFAULT_OPSET, default_parity_shapes
+from segdeploy.export.first_divergence import FirstDivergence, first_divergence
 from segdeploy.export.mobile import build_mobile
 from segdeploy.export.node_scopes import copy_torch_modules, tag_torch_modules
 from segdeploy.export.onnx_file import attach_metadata, graph_dims, seal
@@ -185,14 +186,18 @@ def export_lock(out: str | Path) -> AbstractContextManager[Path]:
     return publish.lock(out, "export")
 
 
-def _refuse(out: Path, report: ParityReport) -> None:
-    """Write the refused export's report as ``x.parity.rejected.json`` and raise."""
+def _refuse(out: Path, report: ParityReport, first: FirstDivergence | None = None) -> None:
+    """Write the refused export's report as ``x.parity.rejected.json`` and raise; ``first``
+    (the node where the graph first departs from PyTorch) is the message's second line."""
     rejected = artifacts.rejected_report_path(out)
+    if first is not None:
+        report.context["first_divergence"] = first.to_dict()
     write_file(rejected, lambda tmp: tmp.write_text(report.to_json()))
     kept = " (the export already there is unchanged)" if out.exists() else ""
+    where = f"\n{first.line()}" if first is not None else ""
     raise ParityError(
         f"ONNX Runtime disagrees with PyTorch, so {out} was not written{kept}: "
-        f"{report.failures()[0]} (full report: {rejected})",
+        f"{report.failures()[0]} (full report: {rejected}){where}",
         report,
     )
 
@@ -295,7 +300,9 @@ def export_checkpoint(
     Raises:
         ParityError: ONNX Runtime disagrees with PyTorch (the report is written as
             ``x.parity.rejected.json``, and carried by the error; an existing ``out`` and its
-            report are left as they were).
+            report are left as they were). Its second line names the first node, in graph
+            order, whose output departs from its torch module's
+            (:mod:`segdeploy.export.first_divergence`), when one does.
         ProviderUnavailableError: a CUDA parity session would run nodes on the CPU.
         SegdeployError: bad checkpoint, existing output without ``force``, unwritable folder, a
             failed export, or another export to ``out`` in progress.
@@ -348,7 +355,11 @@ def _export_and_stage(
     report.context = _report_context(checkpoint, out, opset, nodes, note, seconds)
     report.context["target"] = {"target": plan.target.spec, "checked_on": plan.note}
     if not report.passed:
-        _refuse(out, report)
+        # Only on a refusal: one forward and one ONNX Runtime run, to name the node.
+        with _timed(seconds, "first_divergence"):
+            first = first_divergence(onnx_model, model, card.in_channels, report)
+        report.context["seconds"]["first_divergence"] = round(seconds["first_divergence"], 3)
+        _refuse(out, report, first)
     mobile = None
     if plan.target.name == MOBILE_TARGET:
         with _timed(seconds, "mobile"):
