@@ -59,7 +59,7 @@ def train(
         str | None,
         typer.Option(
             "--time",
-            help="Training time, e.g. 90s, 5m, 1h: epochs fitted to it after timing the first, "
+            help="Training time, e.g. 90s, 5m, 1h: epochs fitted to it after timing the first two, "
             f"stopping early on a plateau (--epochs wins). Default for folders: "
             f"{DEFAULT_TIME_BUDGET_S // 60} min.",
         ),
