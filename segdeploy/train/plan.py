@@ -12,9 +12,9 @@ plan is printed before the first epoch and stored in the card (``training["plan"
   rounded down to the size multiple, at most the architecture's training size.
 * **Batch size**: about :data:`TARGET_STEPS_PER_EPOCH` steps per epoch, between
   :data:`MIN_FITTED_BATCH` and :data:`MAX_FITTED_BATCH`.
-* **Epochs**: about :data:`TARGET_STEPS` optimiser steps in all, between :data:`MIN_FITTED_EPOCHS`
-  and :data:`MAX_FITTED_EPOCHS` (small sets get more passes; the warm-up + cosine schedule is
-  stretched over whatever the count is).
+* **Epochs**: from the time budget (below). :func:`fit_epochs` (about :data:`TARGET_STEPS`
+  optimiser steps, :data:`MIN_FITTED_EPOCHS` to :data:`MAX_FITTED_EPOCHS`) only sizes the
+  warm-up of the first epochs, before the budget has fixed the count.
 * **Class weights** (segmentation folders): ``auto``, median-frequency weights clipped to
   ``[1/MAX_CLASS_WEIGHT_RATIO, MAX_CLASS_WEIGHT_RATIO]`` of the median
   (:func:`~segdeploy.data.class_weights.median_frequency_weights`): a rare class is not drowned,
