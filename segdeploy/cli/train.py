@@ -12,7 +12,13 @@ from segdeploy.cli.console import console
 from segdeploy.cli.tables import print_training_summary
 from segdeploy.core.errors import SegdeployError
 from segdeploy.train.config import TrainConfig
-from segdeploy.train.plan import SYNTHETIC_BATCH, SYNTHETIC_EPOCHS
+from segdeploy.train.plan import (
+    DEFAULT_TIME_BUDGET_S,
+    RARE_CLASS_SHARE,
+    SYNTHETIC_BATCH,
+    SYNTHETIC_EPOCHS,
+    parse_duration,
+)
 
 _FITTED = "Default: fitted to the data, printed before the first epoch"
 
@@ -43,8 +49,21 @@ def train(
     ] = TrainConfig.img_size,
     lr: float = TrainConfig.lr,
     loss: Annotated[
-        str, typer.Option(help="ce, dice or ce+dice (segmentation).")
+        str | None,
+        typer.Option(
+            help="ce, dice or ce+dice (segmentation). Default: ce+dice when a class holds "
+            f"under {RARE_CLASS_SHARE:.0%} of the labelled pixels, else ce (synthetic: ce+dice)."
+        ),
     ] = TrainConfig.loss,
+    time: Annotated[
+        str | None,
+        typer.Option(
+            "--time",
+            help="Training time, e.g. 90s, 5m, 1h: epochs fitted to it after timing the first two, "
+            f"stopping early on a plateau (--epochs wins). Default for folders: "
+            f"{DEFAULT_TIME_BUDGET_S // 60} min.",
+        ),
+    ] = None,
     class_weights: Annotated[
         str | None,
         typer.Option(
@@ -102,7 +121,7 @@ def train(
 ) -> None:
     """Train ARCH and write a self-describing checkpoint (weights + model card).\f
 
-    Longer than 60 lines because its signature declares the command's twenty-two parameters;
+    Longer than 60 lines because its signature declares the command's twenty-three parameters;
     the body only builds a TrainConfig from them, or starts ``--nproc`` processes that do.
     (Click shows no help text after the form feed.)
     """
@@ -119,6 +138,7 @@ def train(
         img_size=img_size,
         lr=lr,
         loss=loss,
+        time_budget_s=None if time is None else parse_duration(time),
         class_weights=class_weights,
         cache_mb=cache_mb,
         out=out,

@@ -64,9 +64,13 @@ class TrainConfig:
     img_size: int | None = None
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    loss: str = "ce+dice"
+    # ce, dice or ce+dice; None: fitted (segmentation folders: ce+dice when a class is rare).
+    loss: str | None = None
     # 'auto' (clipped median frequency), 'none'; None: 'auto' for segmentation folders.
     class_weights: str | None = None
+    # Training time in seconds when epochs is None (segdeploy.train.plan's budget; None: its
+    # default for folders, the fixed epochs for synthetic data). The CLI's --time 5m.
+    time_budget_s: float | None = None
     # Keep decoded training data in memory up to this many MB (else DataLoader workers).
     cache_mb: int = 2048
     out: Path | None = None

@@ -436,7 +436,9 @@ def build_training_data(
     check_every_class(train, "train", where[0])
     check_every_class(val, "val", where[1])
     sizes = [base.image_sizes[i] for i in train_indices]
-    plan = plan_folder(task, _user_choices(config), sizes, size_multiple, train_size)
+    plan = plan_folder(
+        task, _user_choices(config), sizes, size_multiple, train_size, train.per_class
+    )
     base.set_training_size(int(plan.img_size.value))
     if plan.in_memory.value:
         base.keep_decoded(train_indices)
@@ -458,7 +460,13 @@ def build_datasets(
 
 def _user_choices(config: TrainConfig) -> UserChoices:
     return UserChoices(
-        config.img_size, config.batch_size, config.epochs, config.class_weights, config.cache_mb
+        config.img_size,
+        config.batch_size,
+        config.epochs,
+        config.class_weights,
+        config.cache_mb,
+        config.time_budget_s,
+        config.loss,
     )
 
 
@@ -497,7 +505,14 @@ def _synthetic_data(
                 f"Synthetic data: {option} {count} leaves nothing to {use}; pass {option} 1 "
                 "or more."
             )
-    plan = plan_synthetic(config.img_size, config.batch_size, config.epochs, train_size)
+    plan = plan_synthetic(
+        config.img_size,
+        config.batch_size,
+        config.epochs,
+        train_size,
+        config.time_budget_s,
+        config.loss,
+    )
     hw = (int(plan.img_size.value),) * 2
     make = SyntheticRoadScenes if task == "segmentation" else SyntheticRoadCrops
     train_set = make(config.train_samples, hw, config.seed, size_multiple=size_multiple)

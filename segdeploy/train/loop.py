@@ -58,7 +58,16 @@ from segdeploy.train.datasets import (
 from segdeploy.train.distributed import SINGLE_PROCESS, DistributedContext, init_distributed
 from segdeploy.train.inference import TorchPredictor
 from segdeploy.train.losses import build_loss
-from segdeploy.train.plan import TrainingPlan
+from segdeploy.train.plan import (
+    BUDGET_SLACK,
+    PLATEAU_MIN_DELTA,
+    PlanChoice,
+    TrainingPlan,
+    budget_epochs,
+    fit_epochs,
+    on_plateau,
+    plateau_patience,
+)
 from segdeploy.train.progress import EpochRecord, TrainProgress
 from segdeploy.train.resume import (
     RunState,
@@ -94,14 +103,28 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+class WarmupCosine:
+    """The LR factor of a step: linear warm-up, then a cosine to 0 at ``total_steps``.
 
-    return factor
+    An object, not a closure: ``LambdaLR.state_dict`` saves a callable object's attributes, so
+    the step count a budgeted run fixes after its first epoch (:meth:`set_total`) travels in
+    the run's state file and ``--resume`` ends the schedule where the budget did.
+    """
+
+    def __init__(self, total_steps: int, warmup_fraction: float) -> None:
+        self.warmup_fraction = warmup_fraction
+        self.set_total(total_steps)
+
+    def set_total(self, total_steps: int) -> None:
+        """End the cosine at ``total_steps`` (warm-up: its ``warmup_fraction``)."""
+        self.total_steps = total_steps
+        self.warmup_steps = max(1, int(self.warmup_fraction * total_steps))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def freeze_frozen_batchnorm(model: nn.Module) -> None:
@@ -141,8 +164,13 @@ def score_items(
     builds it); in a run of several processes each scores its shard of ``items`` and the
     matrices are summed over the processes before the metric is computed.
     """
-    card = predictor.card
-    pairs = ((predicted_label(predictor, item.pixels), item.label) for item in dist.shard(items))
+    card, shard = predictor.card, dist.shard(items)
+    if card.task == "classification" and card.input.resize == "fixed":
+        # Batched: every image has the contract's one size (see TorchPredictor.class_indices).
+        labels = predictor.class_indices([item.pixels for item in shard])
+        pairs = zip(labels, (item.label for item in shard), strict=True)
+    else:
+        pairs = ((predicted_label(predictor, item.pixels), item.label) for item in shard)
     matrix, images = dist.sum_counts(*confusion_of_pairs(pairs, card.num_classes, task=card.task))
     return score_confusion(matrix, card.task, images)
 
@@ -172,6 +200,7 @@ def planned_config(config: TrainConfig, plan: TrainingPlan) -> TrainConfig:
         batch_size=int(plan.batch_size.value),
         epochs=int(plan.epochs.value),
         class_weights=str(plan.class_weights.value),
+        loss=str(plan.loss.value),
     )
 
 
@@ -214,13 +243,14 @@ def _build_criterion(
     return criterion.to(config.device), "mIoU"
 
 
-def _build_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
-    """Trainable parameters, AdamW and its warm-up + cosine schedule."""
+def _build_optimizer(config: TrainConfig, model: nn.Module, steps_per_epoch: int, epochs: int):
+    """Trainable parameters, AdamW and its warm-up + cosine schedule over ``epochs`` (a
+    budgeted run: provisional, fixed after its first epoch by :func:`_fit_budget`)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = config.epochs * steps_per_epoch
-    warmup = max(1, int(config.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(epochs * steps_per_epoch, config.warmup_fraction)
+    )
     return trainable, optimizer, scheduler
 
 
@@ -275,7 +305,10 @@ def prepare_training(
     # Model and class weights come out the same on every rank; what follows draws per rank.
     dist.seed_rank(config.seed, generator)
     train_loader = _train_loader(config, train_set, generator, data.plan.loader_workers, dist)
-    trainable, optimizer, scheduler = _build_optimizer(config, model, len(train_loader))
+    steps = len(train_loader)
+    trainable, optimizer, scheduler = _build_optimizer(
+        config, model, steps, _provisional_epochs(config, data.plan, len(train_set))
+    )
     return TrainingSetup(
         config=config,
         spec=spec,
@@ -298,6 +331,14 @@ def prepare_training(
         loss_of=dist.loss_function(model, criterion, _training_loss),
         dist=dist,
     )
+
+
+def _provisional_epochs(config: TrainConfig, plan: TrainingPlan, items: int) -> int:
+    """The schedule's epochs before the first one is timed: ``config.epochs``, or in a budgeted
+    run the fixed plan's count (its warm-up length is what the first epoch should see)."""
+    if plan.budget_s is None:
+        return config.epochs
+    return int(fit_epochs(items, config.batch_size).value)
 
 
 def _train_loader(
@@ -369,11 +410,30 @@ def _mask_values_record(mask_values) -> dict[str, list[int]]:
     return {MASK_VALUES_KEY: list(mask_values)} if mask_values else {}
 
 
-def training_record(setup: TrainingSetup, best: EpochRecord) -> dict[str, Any]:
-    """The card's ``training`` entry when ``best`` is the best epoch so far."""
-    config = setup.config
+def budget_record(setup: TrainingSetup, run: RunState) -> dict[str, Any]:
+    """The card's ``training["budget"]`` entry of a budgeted run: the budget, the epochs it
+    planned and ran, the optimiser steps run, the seconds they took and why it stopped."""
+    steps = len(setup.train_loader)
     return {
-        "epochs": config.epochs,
+        "seconds": setup.plan.budget_s,
+        "epochs_planned": run.planned_epochs,
+        "epochs_run": run.epoch,
+        "steps_run": run.epoch * steps,
+        "epoch_seconds": round(sum(record.seconds for record in run.history), 3),
+        "stopped": run.stopped or "schedule finished",
+    }
+
+
+def training_record(
+    setup: TrainingSetup, best: EpochRecord, run: RunState | None = None
+) -> dict[str, Any]:
+    """The card's ``training`` entry when ``best`` is the best epoch so far (of ``run``, whose
+    budget it records in a budgeted run)."""
+    config = setup.config
+    budgeted = run is not None and setup.plan.budget_s is not None
+    return {
+        **({"budget": budget_record(setup, run)} if budgeted else {}),
+        "epochs": run.planned_epochs if run and run.planned_epochs else config.epochs,
         "best_epoch": best.epoch,
         "metric": setup.metric_name,
         "best_metric": round(best.metric, 6),
@@ -409,32 +469,101 @@ def _resumed(
     return run
 
 
-def _run_epochs(setup: TrainingSetup, run: RunState, progress: TrainProgress) -> None:
-    """Train and validate from ``run.epoch + 1`` to ``config.epochs``, saving after each (rank
-    0 alone in a distributed run)."""
+def _final_budget_card(setup: TrainingSetup, run: RunState, progress: TrainProgress) -> None:
+    """The best file's card with the whole run's budget record (epochs run, why it stopped):
+    the best epoch's weights are written again under it."""
+    run.card = run.card.replace(
+        training=training_record(setup, run.history[run.best_epoch - 1], run)
+    )
+    if run.stopped:
+        progress.note(f"stopped after epoch {run.epoch}: {run.stopped}")
+    if setup.dist.is_main:
+        save_weights(read_checkpoint(setup.out)[1], run.card, setup.out)
+
+
+def _run_epochs(setup: TrainingSetup, run: RunState, progress: TrainProgress, clock: float) -> None:
+    """Train and validate from ``run.epoch + 1`` to the run's epoch count, saving after each
+    (rank 0 alone in a distributed run). A budgeted run (``plan.budget_s``) fixes that count
+    after its first epoch (:func:`_fit_budget`) and stops early on a plateau or when the next
+    epoch would end past the budget's slack; ``clock`` is when the run started."""
     config, steps, main = setup.config, len(setup.train_loader), setup.dist.is_main
-    for epoch in range(run.epoch + 1, config.epochs + 1):
+    epoch = run.epoch + 1
+    while epoch <= (run.planned_epochs or config.epochs):
+        if (stop := _budget_stop(setup, run, clock)) is not None:
+            run.stopped = stop
+            break
         epoch_started = time.perf_counter()
         setup.dist.set_epoch(setup.train_loader.sampler, epoch)
-        progress.epoch_started(epoch, config.epochs, steps)
+        progress.epoch_started(epoch, run.planned_epochs or config.epochs, steps)
         train_loss = train_one_epoch(setup, progress)
         metric, details = validate(setup)
         seconds = time.perf_counter() - epoch_started
         record = EpochRecord(epoch, train_loss, metric, seconds, details)
         run.history.append(record)
         run.epoch = epoch
+        if setup.plan.budget_s is not None and not run.resumed_epochs and epoch <= TIMED_EPOCHS:
+            fastest = min(record.seconds for record in run.history)
+            _fit_budget(setup, run, time.perf_counter() - clock, fastest, progress)
         improved = metric > run.best_metric
         progress.epoch_done(record, improved, setup.metric_name)
         if improved:
             run.best_metric, run.best_epoch = metric, epoch
-            run.card = run.card.replace(training=training_record(setup, record))
-            if main:
-                save_checkpoint(setup.model, run.card, setup.out)
+        run.card = run.card.replace(
+            training=training_record(setup, run.history[run.best_epoch - 1], run)
+        )
+        if improved and main:
+            save_checkpoint(setup.model, run.card, setup.out)
         # After the best file: a stop between the two leaves a state one epoch behind, whose
         # resumed epoch rewrites the same best file (never a state ahead of the best file).
         trainer = trainer_state(setup, run)
         if main:
             save_checkpoint(setup.model, run.card, state_path(setup.out), trainer)
+        epoch += 1
+
+
+def _fit_budget(
+    setup: TrainingSetup, run: RunState, elapsed: float, epoch_s: float, progress: TrainProgress
+) -> None:
+    """Fix a budgeted run's epoch count from its fastest epoch so far, end the LR schedule
+    there, and record the choice in the plan (printed, and stored in the card).
+
+    Called after each of the first :data:`TIMED_EPOCHS` epochs: the first one pays for
+    one-off work (allocator and kernel warm-up, first decoding), 17x a later epoch's time for
+    the tiny U-Net on the texture set, and alone would leave most of the budget unused.
+    """
+    budget = setup.plan.budget_s
+    run.planned_epochs = budget_epochs(budget, elapsed, epoch_s, run.epoch)
+    setup.scheduler.lr_lambdas[0].set_total(run.planned_epochs * len(setup.train_loader))
+    reason = (
+        f"{budget:g} s budget: {epoch_s:.1f} s an epoch with validation (fastest of the "
+        f"first {run.epoch}), {elapsed:.1f} s since the start; the LR schedule ends with the "
+        "last epoch; stops on a plateau of "
+        f"{plateau_patience(run.planned_epochs)} epochs"
+    )
+    setup.plan = dataclasses.replace(setup.plan, epochs=PlanChoice(run.planned_epochs, reason))
+    progress.note(f"epochs: {run.planned_epochs} ({reason})")
+
+
+#: A budgeted run refits its epoch count after each of its first this many epochs.
+TIMED_EPOCHS = 2
+
+
+def _budget_stop(setup: TrainingSetup, run: RunState, clock: float) -> str | None:
+    """Why a budgeted run stops before its next epoch (``None``: it goes on)."""
+    budget = setup.plan.budget_s
+    if budget is None or not run.history:
+        return None
+    metrics = [record.metric for record in run.history]
+    if on_plateau(metrics, plateau_patience(run.planned_epochs or setup.config.epochs)):
+        patience = plateau_patience(run.planned_epochs or setup.config.epochs)
+        return f"plateau: the last {patience} epochs gained under {PLATEAU_MIN_DELTA:g}"
+    # The epochs this process ran (a resumed run's earlier ones ran in another).
+    own = run.history[run.resumed_epochs :]
+    if own:
+        expected_end = time.perf_counter() - clock + sum(r.seconds for r in own) / len(own)
+        if expected_end > budget * (1 + BUDGET_SLACK):
+            return f"budget: the next epoch would end at {expected_end:.0f} s of {budget:g} s"
+    return None
 
 
 def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainResult:
@@ -468,6 +597,7 @@ def _train(
     config: TrainConfig, progress: TrainProgress | None, dist: DistributedContext
 ) -> TrainResult:
     """:func:`train` in this process (one of several when ``dist`` says so)."""
+    clock = time.perf_counter()  # a budget counts from here: data checks and setup included
     progress = progress or TrainProgress()
     check_output(config)
     resumed = read_resume(config) if config.resume is not None else None
@@ -477,7 +607,9 @@ def _train(
     progress.data_ready([*setup.data_summary.lines(), *setup.plan.lines()])
     progress.run_started(setup.config.epochs, len(setup.train_loader))
     try:
-        _run_epochs(setup, run, progress)
+        _run_epochs(setup, run, progress, clock)
+        if setup.plan.budget_s is not None and run.best_epoch:
+            _final_budget_card(setup, run, progress)
     finally:
         progress.run_finished()
     dist.barrier()

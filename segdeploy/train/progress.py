@@ -48,6 +48,9 @@ class TrainProgress:
     def epoch_done(self, record: EpochRecord, improved: bool, metric_name: str) -> None:
         """The epoch is trained and validated; ``improved``: its metric is the best so far."""
 
+    def note(self, line: str) -> None:
+        """A decision made during the run (a budget's epoch count, an early stop) and why."""
+
     def run_finished(self) -> None:
         """The run is over (finished or stopped by an error)."""
 
@@ -102,6 +105,9 @@ class RichTrainProgress(TrainProgress):
                 f"epoch {record.epoch}/{self._epochs}: loss {record.train_loss:.4f}, {summary} "
                 f"({record.seconds:.1f}s)"
             )
+
+    def note(self, line: str) -> None:
+        self.console.print(line, highlight=False)
 
     def run_finished(self) -> None:
         if self._progress is not None:

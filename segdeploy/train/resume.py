@@ -51,6 +51,11 @@ class RunState:
     best_metric: float = -1.0
     best_epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
+    #: A budgeted run's epoch count, fixed after its first epoch (``None``: not yet, or
+    #: ``config.epochs`` rules); why it stopped early; epochs a resumed run found done.
+    planned_epochs: int | None = None
+    stopped: str | None = None
+    resumed_epochs: int = 0
 
 
 def _plain(value: Any) -> Any:
@@ -123,6 +128,7 @@ def trainer_state(setup: TrainingSetup, run: RunState) -> dict[str, Any]:
         "best_metric": float(run.best_metric),
         "best_epoch": run.best_epoch,
         "history": _plain([asdict(record) for record in run.history]),
+        "planned_epochs": run.planned_epochs,
         "optimizer": _plain(setup.optimizer.state_dict()),
         "scheduler": _plain(setup.scheduler.state_dict()),
         "rng": rng,
@@ -222,4 +228,7 @@ def resume_run(
     history = [EpochRecord(**record) for record in trainer["history"]]
     run = RunState(setup.card, trainer["epoch"], trainer["best_metric"], trainer["best_epoch"])
     run.history = history
+    run.resumed_epochs = run.epoch
+    if setup.plan.budget_s is not None:  # the budget's count, as its schedule ends there
+        run.planned_epochs = trainer.get("planned_epochs")
     return run
