@@ -165,13 +165,12 @@ def few_images(root: Path, seed: int = 0, scale: float = 1.0) -> Path:
     return _segmentation(root, classes, _voronoi(classes, sizes), *n, seed)
 
 
-def large_images(root: Path, seed: int = 0, scale: float = 1.0) -> Path:
-    """Images with sides >= 1000 px (at full scale), four classes, textures at 1600 px."""
+def large_images(root: Path, seed: int = 0, scale: float = 1.0, side: int = 1024) -> Path:
+    """Images with sides >= 1000 px (``side``), four classes; ``scale`` shrinks the count only."""
     classes = ("brick", "grass", "hubble_deep_field", "astronaut")
-    side = max(64, round(1024 * scale))
     sizes = ((side, side + side // 8), (side + 16, side - side // 64))
     n = max(2, round(8 * scale)), 2
-    return _segmentation(root, classes, _voronoi(classes, sizes, max(512, 2 * side)), *n, seed)
+    return _segmentation(root, classes, _voronoi(classes, sizes, side + side // 8 + 16), *n, seed)
 
 
 SMALL_OBJECT_CLASSES = ("background", "coffee", "chelsea", "astronaut")
