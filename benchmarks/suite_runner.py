@@ -177,25 +177,33 @@ def run_segdeploy(data: Path, card: dict, budget: float, work: Path, extra: list
     if card.get("mask_values"):
         command += ["--mask-values", ",".join(map(str, card["mask_values"]))]
     command += ["--force", *extra]
+    log = (work / "train.log").open("w")  # a file, not a pipe nobody reads until the end
     started = time.perf_counter()
     process = subprocess.Popen(
         command,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=ROOT,
         start_new_session=True,
+        # A shell's background job inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt: restore the default so the stop below reaches segdeploy.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     written, seen = None, None
     stopped = False
     while process.poll() is None:
         if last.exists() and last.stat().st_mtime_ns != seen:
             seen, written = last.stat().st_mtime_ns, time.perf_counter() - started
-        if time.perf_counter() - started > budget and not stopped:
+        elapsed = time.perf_counter() - started
+        if elapsed > budget and not stopped:
             os.killpg(process.pid, signal.SIGINT)  # segdeploy finishes its atomic writes
             stopped = True
+        if elapsed > budget + 30:  # the files are written atomically: a kill leaves them whole
+            os.killpg(process.pid, signal.SIGKILL)
         time.sleep(0.1)
-    output = process.stdout.read()
+    log.close()
+    output = (work / "train.log").read_text()
     wall = time.perf_counter() - started
     if last.exists() and last.stat().st_mtime_ns != seen:
         written = wall
