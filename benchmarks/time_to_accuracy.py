@@ -16,6 +16,11 @@ It writes ``benchmarks/results/time_to_accuracy/<stamp>.json`` and ``.png``. The
 built from scikit-image's photographs and textures (``tests/real_pixels.py``, eight classes,
 odd sizes, JPEG and PNG, palette and grey masks) unless ``--data`` names another folder with
 ``train/`` and ``val/``. Nothing here asserts a speed: it measures and reports.
+
+``--suite [--sets a,b] [--budget SECONDS]`` runs the same comparison on the sets of
+``benchmarks/suite_data.py`` under one wall budget per run, the plain loop at each rate of
+``--lrs`` (see ``benchmarks/suite_runner.py``), and writes ``suite-<stamp>.json``, ``.md`` and
+``.png``. ``--segdeploy-flag`` passes a flag to ``segdeploy train`` (e.g. ``--time=60``).
 """
 
 from __future__ import annotations
