@@ -16,6 +16,11 @@ It writes ``benchmarks/results/time_to_accuracy/<stamp>.json`` and ``.png``. The
 built from scikit-image's photographs and textures (``tests/real_pixels.py``, eight classes,
 odd sizes, JPEG and PNG, palette and grey masks) unless ``--data`` names another folder with
 ``train/`` and ``val/``. Nothing here asserts a speed: it measures and reports.
+
+``--suite [--sets a,b] [--budget SECONDS]`` runs the same comparison on the sets of
+``benchmarks/suite_data.py`` under one wall budget per run, the plain loop at each rate of
+``--lrs`` (see ``benchmarks/suite_runner.py``), and writes ``suite-<stamp>.json``, ``.md`` and
+``.png``. ``--segdeploy-flag`` passes a flag to ``segdeploy train`` (e.g. ``--time=60``).
 """
 
 from __future__ import annotations
@@ -252,7 +257,33 @@ def main() -> None:
     parser.add_argument("--plain-batch", type=int, default=8)
     parser.add_argument("--plain-crop", type=int, default=64)
     parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--plain-budget", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--task", default="segmentation", help=argparse.SUPPRESS)
+    parser.add_argument("--suite", action="store_true", help="run benchmarks/suite_data.py sets")
+    parser.add_argument("--sets", default="small_objects,binary_coins,photos22,few_images")
+    parser.add_argument("--budget", type=float, default=75.0, help="wall seconds per run")
+    parser.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="the plain loop's grid")
+    parser.add_argument(
+        "--segdeploy-flag",
+        action="append",
+        default=[],
+        help="extra flag for segdeploy train (e.g. --time=60), repeatable",
+    )
     args = parser.parse_args()
+    if args.plain_budget or args.suite:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import suite_runner
+    if args.plain_budget:
+        started = time.perf_counter()
+        history = suite_runner.plain_budget(
+            args.data, args.task, args.plain_lr, args.budget, started
+        )
+        print(json.dumps(history))
+        return
+    if args.suite:
+        lrs = [float(v) for v in args.lrs.split(",")]
+        suite_runner.run_suite(args.sets.split(","), args.budget, lrs, args.segdeploy_flag, RESULTS)
+        return
     if args.plain_only:
         started = time.perf_counter()
         history = plain_loop(
