@@ -4,7 +4,10 @@ Per set (``benchmarks/suite_data.py``), in alternating order, under one wall bud
 
 * ``segdeploy train <arch> --data DIR`` with no tuning flags (unet for segmentation, resnet18 from
   scratch for classification; ``--mask-values`` only where the set's masks are 0/255, which is a
-  description of the data). Its run is stopped at the budget if it has not finished; its curve
+  description of the data) and ``--time`` set to the budget: the same wall time the plain loop
+  gets, said the way a user says it, so segdeploy's schedule ends when the budget does (a run
+  given ``--time`` or ``--epochs`` in ``extra`` keeps that). Its run is stopped at the budget
+  if it has not finished; its curve
   comes from the ``.last.pt`` trainer history (epoch seconds) anchored at the moment the file was
   last written, which the runner watches.
 * the plain loop (:func:`plain_budget`) at each learning rate of a small grid; the best of them is
@@ -176,6 +179,8 @@ def run_segdeploy(data: Path, card: dict, budget: float, work: Path, extra: list
     command = [str(segdeploy), "train", card["arch"], "--data", str(data), "--out", str(out)]
     if card.get("mask_values"):
         command += ["--mask-values", ",".join(map(str, card["mask_values"]))]
+    if not {"--time", "--epochs"} & {flag.split("=")[0] for flag in extra}:
+        command += ["--time", f"{budget:g}s"]
     command += ["--force", *extra]
     log = (work / "train.log").open("w")  # a file, not a pipe nobody reads until the end
     started = time.perf_counter()
