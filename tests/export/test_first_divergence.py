@@ -7,13 +7,13 @@ import json
 import onnx
 import pytest
 import torch
+from broken_int8 import with_weights_times
 
 from segdeploy.core.parity import CaseReport, ParityReport, Tolerance
 from segdeploy.export import exporter
 from segdeploy.export.first_divergence import first_divergence
 from segdeploy.export.node_scopes import torch_modules
 from segdeploy.train.checkpoint import load_checkpoint, save_checkpoint
-from tests.export.broken_int8 import with_weights_times
 
 #: A convolution of the tiny U-Net's decoder (up3's first, its BatchNorm folded in), with five
 #: convolutions after it; times :data:`DAMAGE` it moves the logits by about 1e-2, ten times the
