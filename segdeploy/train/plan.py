@@ -22,7 +22,8 @@ plan is printed before the first epoch and stored in the card (``training["plan"
 * **Decoded data in memory** when it fits ``--cache-mb`` (each file decoded once); DataLoader
   worker processes otherwise.
 * **Time budget** (folders without ``--epochs``): ``--time`` or :data:`DEFAULT_TIME_BUDGET_S`.
-  The loop times the first epoch (training and validation), then fixes the epoch count so the
+  The loop times the first two epochs (training and validation; the first carries one-off
+  warm-up work), then fixes the epoch count so the
   warm-up + cosine schedule ends when the budget does (at most :data:`MAX_BUDGET_EPOCHS`), and
   stops early on a plateau (:func:`plateau_patience`). ``--epochs`` wins over any budget.
 * **Loss** (segmentation folders): cross-entropy + Dice when a class holds less than
